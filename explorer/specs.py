@@ -40,7 +40,7 @@ class Stage(NamedTuple):
 
 
 class ConvLayer(NamedTuple):
-    """A convolution ``conv(out_channels, kernel, stride, padding)``; ``pool`` adds maxpool(3, 2)."""
+    """``conv(out_channels, kernel, stride, padding)``; ``pool`` adds maxpool(3, 2) after it."""
 
     out_channels: int
     kernel: int
