@@ -1,0 +1,167 @@
+"""Command-line interface: ``python -m explorer presets | summary | conv | bench``.
+
+A stable interface for scripts and handouts. A bad argument or spec prints one sentence to stderr
+and exits with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from explorer.errors import ConfigError
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(p) for p in text.replace("x", ",").replace("×", ",").split(","))
+    except ValueError:
+        raise ConfigError(f"--input must be C,H,W such as 1,28,28, not {text!r}.") from None
+    if len(parts) != 3:
+        raise ConfigError(f"--input must be three numbers C,H,W such as 1,28,28, not {text!r}.")
+    return parts  # type: ignore[return-value]
+
+
+def load_spec(name_or_path: str) -> tuple[str, Any]:
+    """A preset name or a spec JSON file; returns (display name, spec)."""
+    from explorer.registry import PRESETS, get_preset
+    from explorer.specs import spec_from_json
+
+    if name_or_path in PRESETS:
+        return name_or_path, get_preset(name_or_path).spec
+    path = Path(name_or_path)
+    if path.suffix.lower() == ".json" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"no spec file at {path}; give a preset name (python -m explorer "
+                              f"presets lists them) or the path of a spec JSON file.")
+        return path.stem, spec_from_json(path.read_text(encoding="utf-8"))
+    return name_or_path, get_preset(name_or_path).spec  # raises, listing the known names
+
+
+def summary_json(name: str, analysis: Any) -> dict[str, Any]:
+    """The documented JSON of ``summary``: totals and one object per layer."""
+    t = analysis.totals
+    layers = [
+        {"name": r["name"], "type": r["type"], "depth": int(r["depth"]),
+         "output_shape": list(r["output_shape"]), "params": int(r["params"]),
+         "macs": int(r["macs"]), "macs_lecture": int(r["macs_lecture"]),
+         "receptive_field": int(r["receptive_field"]), "jump": int(r["jump"])}
+        for r in analysis.table.to_dict("records")]
+    return {"name": name, "input": list(analysis.input_shape),
+            "total_params": int(t["total_params"]), "trainable_params": int(t["trainable_params"]),
+            "total_macs": int(t["total_macs"]), "total_macs_lecture": int(t["total_macs_lecture"]),
+            "receptive_field": int(t["receptive_field"]), "macs_note": t["macs_note"],
+            "layers": layers}
+
+
+def cmd_presets(_args: argparse.Namespace) -> None:
+    from explorer.registry import PRESETS
+
+    for p in PRESETS.values():
+        print(f"{p.name}\t{p.description}")
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from explorer.analysis import analyze
+
+    name, spec = load_spec(args.spec)
+    changes: dict[str, Any] = {}
+    if args.input:
+        changes["input_shape"] = _shape(args.input)
+    if args.classes is not None:
+        changes["num_classes"] = args.classes
+    if changes:
+        spec = dataclasses.replace(spec, **changes)
+    analysis = analyze(spec)
+    if args.format == "json":
+        print(json.dumps(summary_json(name, analysis), indent=2))
+    elif args.format == "csv":
+        sys.stdout.write(analysis.table.to_csv(index=False))
+    else:
+        table = analysis.table
+        view = table.assign(name=["  " * max(int(d) - 1, 0) + n
+                                  for n, d in zip(table["name"], table["depth"], strict=True)])
+        cols = ["name", "type", "output_shape", "params", "macs", "receptive_field", "jump"]
+        print(view[cols].to_string(index=False))
+        t = analysis.totals
+        print(f"\n{name}: input {'×'.join(map(str, analysis.input_shape))}, "
+              f"{t['total_params']:,} parameters, {t['total_macs']:,} multiply-adds "
+              f"(torchinfo), {t['total_macs_lecture']:,} (lecture), receptive field "
+              f"{t['receptive_field']} px")
+
+
+def cmd_conv(args: argparse.Namespace) -> None:
+    from explorer.convmath import conv_layer
+
+    result = conv_layer(_shape(args.input), args.out, args.kernel, args.stride, args.padding,
+                        args.dilation, args.groups, not args.no_bias)
+    if args.format == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for line in result.explain():
+            print(line)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from explorer.analysis import benchmark_analyze
+    from explorer.models import build
+
+    name, spec = load_spec(args.preset)
+    if args.input:
+        spec = dataclasses.replace(spec, input_shape=_shape(args.input))
+    figures = benchmark_analyze(build(spec), spec.input_shape, repeats=args.repeats)
+    print(json.dumps({"preset": name, "input": list(spec.input_shape), **figures}, indent=2))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m explorer", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("presets", help="one preset name per line, a tab, a description")
+
+    s = sub.add_parser("summary", help="layer table and totals of a preset or spec JSON file")
+    s.add_argument("spec", help="a preset name or a spec .json file")
+    s.add_argument("--input", help="input shape C,H,W (e.g. 1,96,96)")
+    s.add_argument("--classes", type=int, help="number of classes")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    c = sub.add_parser("conv", help="output shape, parameters and multiply-adds of one conv")
+    c.add_argument("--input", required=True, help="input shape C,H,W")
+    c.add_argument("--out", type=int, required=True, help="number of filters")
+    c.add_argument("--kernel", type=int, required=True)
+    c.add_argument("--stride", type=int, default=1)
+    c.add_argument("--padding", type=int, default=0)
+    c.add_argument("--dilation", type=int, default=1)
+    c.add_argument("--groups", type=int, default=1)
+    c.add_argument("--no-bias", action="store_true")
+    c.add_argument("--format", choices=["table", "json"], default="table")
+
+    b = sub.add_parser("bench", help="benchmarks that print JSON figures")
+    bsub = b.add_subparsers(dest="what", required=True)
+    ba = bsub.add_parser("analyze", help="analyze() against torchinfo.summary alone")
+    ba.add_argument("--preset", default="resnet152")
+    ba.add_argument("--input", help="input shape C,H,W")
+    ba.add_argument("--repeats", type=int, default=5)
+    return p
+
+
+COMMANDS = {"presets": cmd_presets, "summary": cmd_summary, "conv": cmd_conv, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `python -m explorer presets | head`
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Property: any spec either builds a model whose forward pass runs on its input shape, or raises
+ConfigError. Never another exception."""
+
+import os
+
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from explorer.errors import ConfigError
+from explorer.models import build, estimate
+from explorer.specs import spec_from_dict
+
+# 500 examples in CI (the issue's floor); fewer locally keeps the edit-test loop quick.
+EXAMPLES = 500 if os.environ.get("CI") == "true" else 150
+
+small = st.integers(-1, 12)
+chan = st.integers(0, 24)
+kern = st.integers(0, 8)
+shape = st.tuples(st.integers(0, 4), st.integers(0, 48), st.integers(0, 48))
+common = {"input_shape": shape, "num_classes": st.integers(-1, 12)}
+
+
+def rows(*parts, max_size=5):
+    return st.lists(st.tuples(*parts), min_size=0, max_size=max_size)
+
+
+FAMILY_FIELDS = {
+    "lenet": {"conv_channels": st.lists(chan, max_size=4), "kernel_size": kern,
+              "padding": st.integers(-1, 4), "pool": st.sampled_from(["max", "avg", "min"]),
+              "activation": st.sampled_from(["relu", "sigmoid", "tanh"]),
+              "hidden": st.lists(chan, max_size=3), "batch_norm": st.booleans(),
+              "bias": st.booleans()},
+    "alexnet": {"convs": rows(chan, kern, st.integers(0, 4), st.integers(-1, 3), st.booleans()),
+                "avgpool_size": st.integers(-1, 4), "hidden": st.lists(chan, max_size=3),
+                "dropout": st.floats(-0.5, 1.5), "dropout_first": st.booleans()},
+    "vgg": {"arch": rows(small, chan), "batch_norm": st.booleans(),
+            "avgpool_size": st.integers(-1, 4), "hidden": st.lists(chan, max_size=2)},
+    "nin": {"blocks": rows(chan, kern, st.integers(0, 4), st.integers(-1, 3)),
+            "head_kernel": kern, "batch_norm": st.booleans()},
+    "googlenet": {"stem_channels": st.tuples(chan, chan, chan),
+                  "stages": st.lists(rows(chan, chan, chan, chan, chan, chan, max_size=2),
+                                     max_size=3),
+                  "branch3_kernel": kern, "batch_norm": st.booleans(),
+                  "pool_style": st.sampled_from(["course", "torchvision"])},
+    "resnet": {"block": st.sampled_from(["basic", "bottleneck"]), "stages": rows(small, chan),
+               "stem": st.sampled_from(["imagenet", "small"]), "stem_channels": chan,
+               "expansion": st.integers(0, 4), "cardinality": st.integers(0, 8),
+               "bot_mul": st.floats(0, 2), "stride_on": st.sampled_from(["3x3", "1x1"]),
+               "shortcut_bn": st.booleans(), "conv_bias": st.booleans()},
+    "resnext": {"stages": rows(small, chan), "cardinality": st.integers(0, 8),
+                "bot_mul": st.floats(0, 2), "base_width": st.integers(0, 64),
+                "stem": st.sampled_from(["imagenet", "small"]), "stem_channels": chan},
+    "densenet": {"block_config": st.lists(small, max_size=4), "growth_rate": chan,
+                 "num_init_features": chan, "bn_size": st.integers(-1, 4),
+                 "compression": st.floats(0, 1.2), "conv_bias": st.booleans()},
+}
+
+
+@st.composite
+def spec_dicts(draw):
+    family = draw(st.sampled_from(sorted(FAMILY_FIELDS)))
+    strategies = FAMILY_FIELDS[family] | common
+    chosen = draw(st.sets(st.sampled_from(sorted(strategies))))
+    return {"family": family, **{k: draw(strategies[k]) for k in chosen}}
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec_dicts())
+def test_any_spec_builds_and_runs_or_raises_config_error(data):
+    try:
+        spec = spec_from_dict(data)
+        model = build(spec)
+    except ConfigError as exc:
+        assert str(exc) and "Traceback" not in str(exc)
+        return
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, *spec.input_shape))
+    assert out.shape == (1, spec.num_classes)
+    assert estimate(spec).output_shape == (spec.num_classes,)
