@@ -1,0 +1,379 @@
+"""The run store: training runs, their configs, status and metrics in one SQLite file.
+
+SQLite in WAL mode lets a page read while a worker writes; every write batch is its own
+transaction, so a killed process loses nothing already written. Runs that a dead process left
+"running" or "queued" are marked "interrupted" when the store is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from explorer.errors import ConfigError
+
+STATUSES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
+LIVE = ("queued", "running")
+FINAL = ("completed", "stopped", "failed", "interrupted")
+KINDS = ("step", "epoch")
+EXPORT_FORMAT = "cnn-explorer-run"
+EXPORT_VERSION = 1
+INTERRUPTED_MESSAGE = ("the process running this run ended before it finished (a server restart "
+                       "or a crash); the metrics written until then are kept.")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    spec TEXT NOT NULL,         -- the model spec, JSON
+    config TEXT NOT NULL,       -- the TrainConfig, JSON
+    status TEXT NOT NULL,
+    error TEXT,
+    created_at REAL NOT NULL,   -- Unix seconds
+    started_at REAL,
+    finished_at REAL,
+    owner TEXT                  -- "pid:token" of the process that queued or runs it
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,         -- step | epoch
+    step INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    data TEXT NOT NULL          -- the other metric values, JSON object
+);
+CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics(run_id, kind, step);
+"""
+
+_owner_cache: tuple[int, str] | None = None
+
+
+def process_owner() -> str:
+    """This process's owner tag: pid plus a random token (pids are reused after restarts)."""
+    global _owner_cache
+    pid = os.getpid()
+    if _owner_cache is None or _owner_cache[0] != pid:  # a forked child gets its own token
+        _owner_cache = (pid, f"{pid}:{uuid.uuid4().hex}")
+    return _owner_cache[1]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists but belongs to someone else
+    return True
+
+
+def default_store_path() -> Path:
+    """The store file: $EXPLORER_RUNS_DB when set, else ./runs.sqlite."""
+    return Path(os.environ.get("EXPLORER_RUNS_DB") or "runs.sqlite")
+
+
+def _json(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} must be JSON data (dicts, lists, strings, finite numbers); "
+                          f"{exc}.") from exc
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    to_dict = getattr(config, "to_dict", None)
+    data = to_dict() if callable(to_dict) else config
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"the training config must be a TrainConfig or a dict, got "
+                          f"{type(config).__name__}.")
+    return dict(data)
+
+
+class RunStore:
+    """A thread-safe handle on the SQLite run store (one connection guarded by a lock)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_store_path()
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
+        self._conn.row_factory = sqlite3.Row
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode loses nothing when the process dies, only on power loss.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            with self._conn:
+                self._conn.executescript(_SCHEMA)
+            self._recover()
+
+    def _recover(self) -> None:
+        """Mark runs whose process is gone as interrupted (live runs of live processes stay)."""
+        me = process_owner()
+        rows = self._conn.execute(
+            "SELECT id, owner FROM runs WHERE status IN ('queued', 'running')").fetchall()
+        dead = []
+        for row in rows:
+            owner = row["owner"] or ""
+            pid_text = owner.split(":", 1)[0]
+            if owner == me:
+                continue
+            if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
+                continue
+            dead.append(row["id"])
+        if dead:
+            with self._conn:
+                self._conn.executemany(
+                    "UPDATE runs SET status='interrupted', error=?, finished_at=? WHERE id=?",
+                    [(INTERRUPTED_MESSAGE, time.time(), i) for i in dead])
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing --------------------------------------------------------------------------
+    def create_run(self, name: str, spec: Mapping[str, Any], config: Any,
+                   status: str = "queued") -> int:
+        """Store a new run (spec: the model spec dict; config: a TrainConfig or its dict)."""
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("a run needs a name; type a few words that describe it.")
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"the model spec must be a dict, got {type(spec).__name__}.")
+        if status not in STATUSES:
+            raise ConfigError(f"status must be one of {', '.join(STATUSES)}, got {status!r}.")
+        spec_text = _json(dict(spec), "the model spec")
+        config_text = _json(_config_dict(config), "the training config")
+        now = time.time()
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "INSERT INTO runs (name, spec, config, status, created_at, started_at, "
+                "finished_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (name.strip(), spec_text, config_text, status, now,
+                 now if status == "running" else None,
+                 now if status in FINAL else None, process_owner()))
+            return int(cur.lastrowid)
+
+    def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
+        """Move a run to ``status``; running stamps started_at, a final status finished_at."""
+        if status not in STATUSES:
+            raise ConfigError(f"status must be one of {', '.join(STATUSES)}, got {status!r}.")
+        now = time.time()
+        with self._lock, self._conn:
+            self._require(run_id)
+            if status == "running":
+                self._conn.execute("UPDATE runs SET status=?, error=?, started_at=?, owner=? "
+                                   "WHERE id=?", (status, error, now, process_owner(), run_id))
+            elif status in FINAL:
+                self._conn.execute("UPDATE runs SET status=?, error=?, finished_at=? WHERE id=?",
+                                   (status, error, now, run_id))
+            else:
+                self._conn.execute("UPDATE runs SET status=?, error=? WHERE id=?",
+                                   (status, error, run_id))
+
+    def add_metrics(self, run_id: int, kind: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append metric rows (dicts with step, epoch and values) in one committed transaction."""
+        if kind not in KINDS:
+            raise ConfigError(f"metrics kind must be one of {', '.join(KINDS)}, got {kind!r}.")
+        records = []
+        for row in rows:
+            # NaN/inf become null so that every stored run can be exported and imported again.
+            values = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                      for k, v in row.items() if k not in ("step", "epoch", "kind")}
+            records.append((run_id, kind, int(row["step"]), int(row["epoch"]),
+                            json.dumps(values, sort_keys=True)))
+        if not records:
+            return
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "INSERT INTO metrics (run_id, kind, step, epoch, data) VALUES (?, ?, ?, ?, ?)",
+                records)
+
+    def delete_run(self, run_id: int) -> None:
+        """Delete a finished run and its metrics."""
+        with self._lock, self._conn:
+            row = self._require(run_id)
+            if row["status"] in LIVE:
+                raise ConfigError(f"run {run_id} is still {row['status']}; stop it before "
+                                  f"deleting it.")
+            self._conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    # ---- reading --------------------------------------------------------------------------
+    def _require(self, run_id: int) -> sqlite3.Row:
+        row = self._conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise ConfigError(f"run {run_id} does not exist (it may have been deleted); pick "
+                              f"one from the list of runs.")
+        return row
+
+    @staticmethod
+    def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "id": row["id"], "name": row["name"], "spec": json.loads(row["spec"]),
+            "config": json.loads(row["config"]), "status": row["status"],
+            "error": row["error"], "created_at": row["created_at"],
+            "started_at": row["started_at"], "finished_at": row["finished_at"],
+        }
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        """One run as a dict: id, name, spec, config, status, error and the three times."""
+        with self._lock:
+            return self._run_dict(self._require(run_id))
+
+    def list_runs(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """All runs, newest first (without their metrics)."""
+        sql = "SELECT * FROM runs ORDER BY id DESC"
+        with self._lock:
+            if limit is not None:
+                rows = self._conn.execute(sql + " LIMIT ?", (int(limit),)).fetchall()
+            else:
+                rows = self._conn.execute(sql).fetchall()
+        return [self._run_dict(r) for r in rows]
+
+    def metrics(self, run_id: int, kind: str | None = None) -> pd.DataFrame:
+        """A run's metrics in the order written: columns kind, step, epoch, then the values."""
+        with self._lock:
+            self._require(run_id)
+            if kind is None:
+                rows = self._conn.execute("SELECT kind, step, epoch, data FROM metrics WHERE "
+                                          "run_id=? ORDER BY rowid", (run_id,)).fetchall()
+            else:
+                rows = self._conn.execute("SELECT kind, step, epoch, data FROM metrics WHERE "
+                                          "run_id=? AND kind=? ORDER BY rowid",
+                                          (run_id, kind)).fetchall()
+        records = [{"kind": r["kind"], "step": r["step"], "epoch": r["epoch"],
+                    **json.loads(r["data"])} for r in rows]
+        if not records:
+            return pd.DataFrame(columns=["kind", "step", "epoch"])
+        return pd.DataFrame.from_records(records)
+
+    # ---- export / import ------------------------------------------------------------------
+    def export_run(self, run_id: int) -> dict[str, Any]:
+        """A run with all its metrics as a JSON-ready dict (see ``import_run``)."""
+        with self._lock:
+            run = self._run_dict(self._require(run_id))
+            rows = self._conn.execute("SELECT kind, step, epoch, data FROM metrics WHERE "
+                                      "run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        run.pop("id")
+        return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **run,
+                "metrics": [{"kind": r["kind"], "step": r["step"], "epoch": r["epoch"],
+                             "values": json.loads(r["data"])} for r in rows]}
+
+    def import_run(self, data: Mapping[str, Any]) -> int:
+        """Store an exported run under a new id; malformed input raises ConfigError, stores nothing.
+
+        A run exported while queued or running is imported as interrupted.
+        """
+        run, metrics = _validate_export(data)
+        with self._lock, self._conn:  # one transaction: all rows or none
+            cur = self._conn.execute(
+                "INSERT INTO runs (name, spec, config, status, error, created_at, started_at, "
+                "finished_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                (run["name"], run["spec"], run["config"], run["status"], run["error"],
+                 run["created_at"], run["started_at"], run["finished_at"]))
+            run_id = int(cur.lastrowid)
+            self._conn.executemany(
+                "INSERT INTO metrics (run_id, kind, step, epoch, data) VALUES (?, ?, ?, ?, ?)",
+                [(run_id, *m) for m in metrics])
+        return run_id
+
+
+def _bad(message: str) -> ConfigError:
+    return ConfigError(f"this run file cannot be imported: {message}.")
+
+
+def _validate_export(data: Any) -> tuple[dict[str, Any], list[tuple[str, int, int, str]]]:
+    """Check an exported run completely before anything is written."""
+    if not isinstance(data, Mapping):
+        raise _bad(f"it must be a JSON object, got {type(data).__name__}")
+    if data.get("format") != EXPORT_FORMAT:
+        raise _bad(f"its 'format' must be {EXPORT_FORMAT!r}, got {data.get('format')!r}")
+    if data.get("version") != EXPORT_VERSION:
+        raise _bad(f"its 'version' must be {EXPORT_VERSION}, got {data.get('version')!r}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 500:
+        raise _bad("'name' must be a non-empty text of at most 500 characters")
+    if not isinstance(data.get("spec"), Mapping):
+        raise _bad("'spec' must be an object (the model spec)")
+    if not isinstance(data.get("config"), Mapping):
+        raise _bad("'config' must be an object (the training config)")
+    from explorer.training import TrainConfig  # the store itself does not need torch
+
+    try:
+        config = TrainConfig.from_dict(data["config"]).to_dict()
+    except ConfigError as exc:
+        raise _bad(f"its training config is invalid ({exc})") from exc
+    status = data.get("status")
+    if status not in STATUSES:
+        raise _bad(f"'status' must be one of {', '.join(STATUSES)}, got {status!r}")
+    error = data.get("error")
+    if error is not None and not isinstance(error, str):
+        raise _bad("'error' must be text or null")
+    times = {}
+    for key in ("created_at", "started_at", "finished_at"):
+        value = data.get(key)
+        if value is not None and not _finite(value):
+            raise _bad(f"'{key}' must be a number of seconds or null, got {value!r}")
+        times[key] = value
+    if times["created_at"] is None:
+        times["created_at"] = time.time()
+    if status in LIVE:
+        status, error = "interrupted", error or INTERRUPTED_MESSAGE
+    rows = data.get("metrics", [])
+    if not isinstance(rows, list):
+        raise _bad("'metrics' must be a list")
+    metrics = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping) or row.get("kind") not in KINDS:
+            raise _bad(f"metrics row {i} must be an object with kind 'step' or 'epoch'")
+        for key in ("step", "epoch"):
+            v = row.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise _bad(f"metrics row {i} needs a whole, non-negative '{key}', got {v!r}")
+        values = row.get("values")
+        if not isinstance(values, Mapping) or not all(
+                isinstance(k, str) and (v is None or _finite(v)) for k, v in values.items()):
+            raise _bad(f"metrics row {i} needs 'values', an object of names to numbers or null")
+        metrics.append((row["kind"], row["step"], row["epoch"],
+                        json.dumps(dict(values), sort_keys=True)))
+    run = {"name": name.strip(), "spec": _json(dict(data["spec"]), "the model spec"),
+           "config": json.dumps(config, sort_keys=True), "status": status, "error": error,
+           **times}
+    return run, metrics
+
+
+def _finite(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+class StoreCallback:
+    """Training callback that writes step and epoch metrics to the store as they are measured."""
+
+    def __init__(self, store: RunStore, run_id: int) -> None:
+        self.store, self.run_id = store, run_id
+
+    def on_step_end(self, ctx: Any, metrics: Mapping[str, Any] | None) -> None:
+        """One committed row per reported step (metrics is None between reports)."""
+        if metrics is not None:
+            self.store.add_metrics(self.run_id, "step", [metrics])
+
+    def on_epoch_end(self, ctx: Any, metrics: Mapping[str, Any]) -> None:
+        """One committed row per epoch."""
+        self.store.add_metrics(self.run_id, "epoch", [metrics])
