@@ -42,14 +42,23 @@ def load_spec(name_or_path: str) -> tuple[str, Any]:
     return name_or_path, get_preset(name_or_path).spec  # raises, listing the known names
 
 
+def _int(value: Any) -> int | None:
+    """A table number as an int; None where the analysis has none (e.g. no receptive field)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def summary_json(name: str, analysis: Any) -> dict[str, Any]:
     """The documented JSON of ``summary``: totals and one object per layer."""
     t = analysis.totals
     layers = [
         {"name": r["name"], "type": r["type"], "depth": int(r["depth"]),
-         "output_shape": list(r["output_shape"]), "params": int(r["params"]),
-         "macs": int(r["macs"]), "macs_lecture": int(r["macs_lecture"]),
-         "receptive_field": int(r["receptive_field"]), "jump": int(r["jump"])}
+         "output_shape": None if r["output_shape"] is None else list(r["output_shape"]),
+         "params": int(r["params"]), "macs": int(r["macs"]),
+         "macs_lecture": int(r["macs_lecture"]),
+         "receptive_field": _int(r["receptive_field"]), "jump": _int(r["jump"])}
         for r in analysis.table.to_dict("records")]
     return {"name": name, "input": list(analysis.input_shape),
             "total_params": int(t["total_params"]), "trainable_params": int(t["trainable_params"]),
