@@ -545,3 +545,14 @@ def default_spec(family: str) -> Any:
 
 def field_defaults(cls: type[SpecBase]) -> dict[str, Any]:
     return {f.name: f.default for f in fields(cls) if f.default is not MISSING}  # type: ignore
+
+
+def coerce_field(cls: type[SpecBase], name: str, value: Any) -> Any:
+    """Coerce one field's value to its declared type (rows, tuples) and check its range."""
+    hints = typing.get_type_hints(cls)
+    meta = {f.name: dict(f.metadata) for f in fields(cls)}  # type: ignore[arg-type]
+    if name not in meta:
+        raise ConfigError(f"{cls.title} has no field {name!r}.")
+    coerced = _coerce(value, hints[name], name)
+    _check_range(name, coerced, meta[name])
+    return coerced

@@ -1,11 +1,24 @@
 """Shared test set-up: in CI (CI=true) a skipped test is a failure."""
 
 import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+# Tests never write runs.sqlite or read ./data in the checkout.
+_TMP = tempfile.mkdtemp(prefix="explorer-tests-")
+os.environ.setdefault("EXPLORER_RUNS_DB", os.path.join(_TMP, "runs.sqlite"))
+os.environ.setdefault("EXPLORER_DATA_DIR", os.path.join(_TMP, "data"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -14,3 +27,79 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI") == "true" and skipped:
         reporter.write_line(f"CI=true: {skipped} skipped test(s) count as failures", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# ---- Browser tests: one Streamlit server per session, Debian's Chromium through Playwright ----
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory) -> Iterator[str]:
+    """Start `streamlit run app.py` on a free port and wait for /_stcore/health."""
+    port = _free_port()
+    env = os.environ | {"EXPLORER_RUNS_DB": str(tmp_path_factory.mktemp("runs") / "runs.sqlite")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
+         "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("the Streamlit server did not become healthy within 90 s: "
+                           + proc.stdout.read().decode(errors="replace")[-2000:])
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh 1280×720 page (a projector's resolution)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+@pytest.fixture
+def screenshot():
+    """save(page, name): a PNG under test-artifacts/ (look at it: a page not seen is not done)."""
+    def save(pg, name: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        pg.screenshot(path=str(path))
+        return path
+    return save

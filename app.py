@@ -1,0 +1,31 @@
+"""CNN Explorer: the Streamlit entry point (page config, navigation, shared sidebar)."""
+
+import streamlit as st
+
+from explorer.system import device_description, versions
+
+st.set_page_config(page_title="CNN Explorer", page_icon="🧠", layout="wide",
+                   initial_sidebar_state="expanded")
+
+PAGES = [
+    # The default page is served at "/" (Streamlit ignores a url_path on it).
+    st.Page("pages/build.py", title="Build", icon=":material/construction:", default=True),
+    st.Page("pages/train.py", title="Train", icon=":material/monitoring:", url_path="train"),
+    st.Page("pages/readme.py", title="README", icon=":material/menu_book:", url_path="readme"),
+]
+page = st.navigation(PAGES)
+
+with open("assets/style.css", encoding="utf-8") as css:
+    st.html(f"<style>{css.read()}</style>")
+
+with st.sidebar:
+    st.markdown("### CNN Explorer")
+    st.caption("Modern convolutional networks, layer by layer.")
+    st.markdown(f"**Trains on:** {device_description()}")
+    v = versions()
+    st.caption(f"torch {v['torch']} · torchvision {v['torchvision']} · "
+               f"torchinfo {v['torchinfo']}")
+    st.page_link(PAGES[-1], label="README: how to run, CLI, spec format",
+                 icon=":material/menu_book:")
+
+page.run()

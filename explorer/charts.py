@@ -1,0 +1,322 @@
+"""Pure chart functions: analysis tables and metrics in, Plotly figures out (no streamlit).
+
+Large fonts and few colours: the figures are read on a projector at 1280×720.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+from torch import nn
+
+FONT = {"size": 15}
+COLORS = {"params": "#1f77b4", "macs": "#ff7f0e", "channels": "#2ca02c", "size": "#d62728",
+          "rf": "#9467bd", "input": "#7f7f7f"}
+# Light fills so that black labels stay readable on a projector.
+KIND_COLORS = {"conv": "#a6cee3", "pool": "#d9d9d9", "residual": "#fdbf6f", "inception": "#b2df8a",
+               "dense": "#fb9a99", "transition": "#fddbc7", "fc": "#cab2d6", "head": "#cab2d6",
+               "stem": "#8dd3c7", "block": "#a6cee3", "other": "#eeeeee"}
+
+
+def _layout(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
+    # No template: Streamlit's own theme styles the figure (light or dark), and validating
+    # plotly's templates costs more than drawing the figure.
+    fig.update_layout(title={"text": title, "x": 0.01}, font=FONT, height=height,
+                      margin={"l": 60, "r": 20, "t": 60, "b": 50},
+                      legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1,
+                              "xanchor": "right"})
+    return fig
+
+
+def group_totals(table: pd.DataFrame, level: int = 1) -> pd.DataFrame:
+    """Params and MACs per module at ``level`` (1 = stem, stages, head), in forward order."""
+    leaves = table[table["is_leaf"] & ~table.get("is_repeat", False)]
+    keys = leaves["name"].str.split(".").str[:level].str.join(".")
+    grouped = leaves.assign(group=keys).groupby("group", sort=False)[
+        ["params", "macs", "macs_lecture"]].sum()
+    return grouped.reset_index()
+
+
+def params_macs_by_group(table: pd.DataFrame, level: int = 1) -> go.Figure:
+    """Two bar charts side by side: parameters and multiply-adds per stage (or per block)."""
+    g = group_totals(table, level)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Parameters", "Multiply-adds (torchinfo)"))
+    fig.add_bar(x=g["group"], y=g["params"], marker_color=COLORS["params"], name="parameters",
+                row=1, col=1, hovertemplate="%{x}: %{y:,} parameters<extra></extra>")
+    fig.add_bar(x=g["group"], y=g["macs"], marker_color=COLORS["macs"], name="multiply-adds",
+                row=1, col=2, hovertemplate="%{x}: %{y:,} MACs<extra></extra>")
+    fig.update_layout(showlegend=False)
+    return _layout(fig, "Where the parameters and the compute live")
+
+
+def _spatial_rows(table: pd.DataFrame) -> pd.DataFrame:
+    leaves = table[table["is_leaf"] & table["type"].str.contains("Conv|Pool|Linear|Flatten")]
+    return leaves.reset_index(drop=True)
+
+
+def shape_flow(table: pd.DataFrame) -> go.Figure:
+    """Channels (bars) and spatial size (line) layer by layer: size shrinks, channels grow."""
+    rows = _spatial_rows(table)
+    channels = [s[0] for s in rows["output_shape"]]
+    size = [s[1] if len(s) == 3 else 1 for s in rows["output_shape"]]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_bar(x=rows["name"], y=channels, name="channels (features)",
+                marker_color=COLORS["channels"],
+                hovertemplate="%{x}: %{y} channels<extra></extra>")
+    fig.add_scatter(x=rows["name"], y=size, name="height (pixels)", mode="lines+markers",
+                    line={"color": COLORS["size"], "width": 3}, secondary_y=True,
+                    hovertemplate="%{x}: %{y} px<extra></extra>")
+    fig.update_yaxes(title_text="channels", type="log", secondary_y=False)
+    fig.update_yaxes(title_text="height", secondary_y=True, rangemode="tozero")
+    fig.update_xaxes(showticklabels=len(rows) <= 30, tickangle=-45)
+    return _layout(fig, "Shape flow: spatial size shrinks while channels grow", 420)
+
+
+def receptive_field_chart(table: pd.DataFrame, input_size: int) -> go.Figure:
+    """Receptive field of every conv/pool layer against the input size."""
+    rows = table[table["is_leaf"] & table["type"].str.contains("Conv|Pool")]
+    rows = rows.reset_index(drop=True)
+    fig = go.Figure()
+    fig.add_scatter(x=rows["name"], y=rows["receptive_field"], mode="lines+markers",
+                    name="receptive field", line={"color": COLORS["rf"], "width": 3},
+                    customdata=rows["jump"],
+                    hovertemplate="%{x}: sees %{y} px, jump %{customdata}<extra></extra>")
+    fig.add_hline(y=input_size, line={"color": COLORS["input"], "dash": "dash"},
+                  annotation_text=f"input {input_size} px", annotation_position="top left")
+    fig.update_yaxes(title_text="pixels of the input", rangemode="tozero")
+    fig.update_xaxes(showticklabels=len(rows) <= 30, tickangle=-45)
+    return _layout(fig, "Receptive field per layer", 380)
+
+
+# ----------------------------------------------------------------------------------------------
+# Architecture diagram: the blocks in order, skip connections as arcs, concatenations marked.
+
+
+@dataclass(frozen=True)
+class DiagramNode:
+    """One box of the architecture diagram."""
+
+    name: str
+    kind: str  # a key of KIND_COLORS
+    label: str
+    skip: str | None = None  # "identity" or "1×1 conv" for residual blocks
+    concat: int = 0  # number of concatenated inputs (Inception branches, dense layers)
+
+
+def _conv_label(m: nn.Conv2d) -> str:
+    k, s = m.kernel_size[0], m.stride[0]
+    g = f", g{m.groups}" if m.groups > 1 else ""
+    return f"conv {k}×{k}{'/' + str(s) if s > 1 else ''}<br>{m.out_channels}{g}"
+
+
+def _leaf_node(name: str, m: nn.Module) -> DiagramNode | None:
+    if isinstance(m, nn.Conv2d):
+        return DiagramNode(name, "conv", _conv_label(m))
+    if isinstance(m, nn.MaxPool2d | nn.AvgPool2d):
+        k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+        s = m.stride if isinstance(m.stride, int) else m.stride[0]
+        kind = "max" if isinstance(m, nn.MaxPool2d) else "avg"
+        return DiagramNode(name, "pool", f"{kind} pool<br>{k}×{k}/{s}")
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return DiagramNode(name, "pool", f"adaptive avg<br>{m.output_size}")
+    if isinstance(m, nn.Linear):
+        return DiagramNode(name, "fc", f"FC<br>{m.out_features}")
+    return None
+
+
+def diagram_nodes(model: nn.Module) -> list[DiagramNode]:
+    """The model as a chain of blocks: stems, residual/Inception/dense blocks, pools, head."""
+    from explorer.models.densenet import DenseBlock
+    from explorer.models.googlenet import InceptionBlock
+    from explorer.models.resnet import ResidualBlock
+
+    nodes: list[DiagramNode] = []
+
+    def block_node(name: str, m: nn.Module) -> DiagramNode | None:
+        if isinstance(m, ResidualBlock):
+            kind = "bottleneck" if m.conv3 is not None else "basic"
+            stride = m.conv1.stride[0] * m.conv2.stride[0]
+            out = (m.conv3 or m.conv2).out_channels
+            g = f", g{m.conv2.groups}" if m.conv2.groups > 1 else ""
+            return DiagramNode(name, "residual",
+                               f"{kind}{'/' + str(stride) if stride > 1 else ''}<br>{out}{g}",
+                               skip="identity" if m.shortcut is None else "1×1 conv")
+        if isinstance(m, InceptionBlock):
+            out = sum(b[-1].out_channels if isinstance(b[-1], nn.Conv2d) else
+                      [x for x in b if isinstance(x, nn.Conv2d)][-1].out_channels
+                      for b in (m.branch1, m.branch2, m.branch3, m.branch4))
+            return DiagramNode(name, "inception", f"Inception<br>{out}", concat=4)
+        if isinstance(m, DenseBlock):
+            n = len(m.layers)
+            growth = [x for x in m.layers[0] if isinstance(x, nn.Conv2d)][-1].out_channels
+            return DiagramNode(name, "dense", f"dense ×{n}<br>+{growth} each", concat=n)
+        return None
+
+    def sequential_node(name: str, m: nn.Sequential, kind: str, title: str) -> DiagramNode:
+        convs = [x for x in m.modules() if isinstance(x, nn.Conv2d)]
+        detail = f"<br>{convs[-1].out_channels}" if convs else ""
+        return DiagramNode(name, kind, f"{title}{detail}")
+
+    for name, child in model.named_children():
+        node = block_node(name, child)
+        if node:
+            nodes.append(node)
+        elif name == "head":
+            fcs = [x for x in child.modules() if isinstance(x, nn.Linear)]
+            convs = [x for x in child.modules() if isinstance(x, nn.Conv2d)]
+            pooled = any(isinstance(x, nn.AdaptiveAvgPool2d) for x in child.modules())
+            widths = " → ".join(str(f.out_features) for f in fcs) if fcs else (
+                f"conv → {convs[-1].out_channels}" if convs else "")
+            nodes.append(DiagramNode(name, "head",
+                                     f"head<br>{'GAP → ' if pooled else ''}{widths}"))
+        elif name == "stem" or name.startswith("transition"):
+            nodes.append(sequential_node(name, child, "stem" if name == "stem" else
+                                         "transition", name.rstrip("0123456789")))
+        elif isinstance(child, nn.Sequential) and any(block_node("", c) for c in child.children()):
+            for sub, grandchild in child.named_children():
+                nodes.append(block_node(f"{name}.{sub}", grandchild)
+                             or DiagramNode(f"{name}.{sub}", "other", sub))
+        elif isinstance(child, nn.Sequential) and all(not list(c.children())
+                                                      for c in child.children()):
+            if name.startswith("block"):  # VGG and NiN blocks
+                convs = [x for x in child if isinstance(x, nn.Conv2d)]
+                nodes.append(DiagramNode(name, "block", f"{name}<br>{len(convs)}× conv "
+                                                        f"{convs[0].kernel_size[0]}×"
+                                                        f"{convs[0].kernel_size[0]}, "
+                                                        f"{convs[-1].out_channels}"))
+            else:  # LeNet/AlexNet features: one box per conv and pool
+                nodes += [n for sub, leaf in child.named_children()
+                          if (n := _leaf_node(f"{name}.{sub}", leaf))]
+        else:
+            leaf = _leaf_node(name, child)
+            if leaf:
+                nodes.append(leaf)
+    return nodes
+
+
+def architecture_diagram(model_or_nodes: nn.Module | list[DiagramNode], per_row: int = 8
+                         ) -> go.Figure:
+    """Boxes in forward order (wrapping into rows); arcs above residual blocks for the skip
+    connection (dashed when it is a 1×1 conv), a ⊕ for concatenations."""
+    nodes = (diagram_nodes(model_or_nodes) if isinstance(model_or_nodes, nn.Module)
+             else model_or_nodes)
+    fig = go.Figure()
+    w, h, gap_x, gap_y = 1.35, 0.8, 0.4, 1.1
+    xs, ys = [], []
+    for i, node in enumerate(nodes):
+        r, c = divmod(i, per_row)
+        x0, y0 = c * (w + gap_x), -r * (h + gap_y)
+        xs.append(x0 + w / 2)
+        ys.append(y0 + h / 2)
+        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x0 + w, y1=y0 + h,
+                      fillcolor=KIND_COLORS.get(node.kind, KIND_COLORS["other"]), opacity=0.85,
+                      line={"color": "#333", "width": 1}, layer="below")
+        if i + 1 < len(nodes) and (i + 1) % per_row:
+            fig.add_annotation(x=x0 + w + gap_x, y=y0 + h / 2, ax=x0 + w, ay=y0 + h / 2,
+                               xref="x", yref="y", axref="x", ayref="y", showarrow=True,
+                               arrowhead=2, arrowwidth=1.5, text="")
+        if node.skip:
+            dash = "dot" if node.skip != "identity" else "solid"
+            fig.add_shape(type="path", path=f"M {x0 - 0.2},{y0 + h} Q {x0 + w / 2},{y0 + h + 0.9}"
+                                            f" {x0 + w + 0.2},{y0 + h}",
+                          line={"color": "#f58518", "width": 2.5, "dash": dash}, layer="below")
+        if node.concat:
+            fig.add_annotation(x=x0 + w / 2, y=y0 + h + 0.22, text=f"⊕ concat ×{node.concat}",
+                               showarrow=False, font={"size": 11, "color": "#333"})
+    fig.add_scatter(x=xs, y=ys, mode="text", text=[n.label for n in nodes],
+                    textfont={"size": 13, "color": "black"},
+                    hovertext=[f"{n.name}{' (skip: ' + n.skip + ')' if n.skip else ''}"
+                               for n in nodes], hoverinfo="text", showlegend=False)
+    rows = (len(nodes) - 1) // per_row + 1
+    fig.update_xaxes(visible=False, range=[-0.4, per_row * (w + gap_x)])
+    fig.update_yaxes(visible=False, scaleanchor=None,
+                     range=[-(rows - 1) * (h + gap_y) - 0.3, h + 1.0])
+    fig = _layout(fig, "Architecture: blocks in order; arcs are skip connections "
+                       "(dotted: 1×1 conv shortcut)", 120 + rows * 150)
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def spec_diagram(spec: object) -> go.Figure:
+    """``architecture_diagram`` of a spec, built on the meta device (no weights allocated)."""
+    from explorer.models import BUILDERS
+
+    with torch.device("meta"):
+        model = BUILDERS[spec.family](spec)  # type: ignore[attr-defined]
+    return architecture_diagram(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training curves: metric rows (dicts or a DataFrame) in, figures out.
+
+
+def _frame(rows: object) -> pd.DataFrame:
+    return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))  # type: ignore
+
+
+def smooth(values: list[float] | pd.Series, weight: float = 0.8) -> list[float]:
+    """Exponential moving average with bias correction (TensorBoard's smoothing)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * float(v)
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+def loss_figure(step_rows: object, weight: float = 0.8) -> go.Figure:
+    """Training loss per reported step: raw (thin) and smoothed (thick)."""
+    df = _frame(step_rows)
+    fig = go.Figure()
+    if not df.empty:
+        fig.add_scatter(x=df["step"], y=df["loss"], mode="lines", name="loss",
+                        line={"color": COLORS["params"], "width": 1}, opacity=0.45)
+        fig.add_scatter(x=df["step"], y=smooth(df["loss"], weight), mode="lines",
+                        name="smoothed", line={"color": COLORS["params"], "width": 3})
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="loss", rangemode="tozero")
+    return _layout(fig, "Training loss", 340)
+
+
+def accuracy_figure(epoch_rows: object) -> go.Figure:
+    """Train and test accuracy per epoch."""
+    df = _frame(epoch_rows)
+    fig = go.Figure()
+    if not df.empty:
+        fig.add_scatter(x=df["epoch"], y=df["train_acc"], mode="lines+markers", name="train",
+                        line={"color": COLORS["macs"], "width": 3})
+        if "test_acc" in df and df["test_acc"].notna().any():
+            fig.add_scatter(x=df["epoch"], y=df["test_acc"], mode="lines+markers", name="test",
+                            line={"color": COLORS["channels"], "width": 3})
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02])
+    return _layout(fig, "Accuracy per epoch", 340)
+
+
+def lr_figure(step_rows: object) -> go.Figure:
+    """The learning rate the schedule set at each reported step."""
+    df = _frame(step_rows)
+    fig = go.Figure()
+    if not df.empty:
+        fig.add_scatter(x=df["step"], y=df["lr"], mode="lines", name="learning rate",
+                        line={"color": COLORS["rf"], "width": 3})
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="learning rate", rangemode="tozero")
+    return _layout(fig, "Learning rate", 260)
+
+
+def overlay_figure(runs: dict[str, pd.DataFrame], metric: str, x: str, title: str) -> go.Figure:
+    """One line per run (label → its metric rows) for side-by-side comparison."""
+    fig = go.Figure()
+    for label, df in runs.items():
+        if df.empty or metric not in df or df[metric].isna().all():
+            continue
+        y = smooth(df[metric].fillna(0), 0.8) if x == "step" else df[metric]
+        fig.add_scatter(x=df[x], y=y, mode="lines" if x == "step" else "lines+markers",
+                        name=label, line={"width": 3})
+    fig.update_xaxes(title_text=x)
+    fig.update_yaxes(title_text=metric.replace("_", " "))
+    return _layout(fig, title, 360)

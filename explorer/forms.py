@@ -1,0 +1,170 @@
+"""What the Build page needs to draw a spec as widgets, without importing streamlit.
+
+``form_fields(cls)`` describes each field of a spec class (kind, label, help, range, table
+columns); ``rows_to_frame`` / ``frame_to_rows`` convert arch tuples to and from the editable
+tables; ``book_notation`` writes a tuple as the book writes it, for copying.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import pandas as pd
+
+from explorer.errors import ConfigError
+from explorer.specs import ConvLayer, Inception, SpecBase, Stage, VGGBlock
+
+# Column labels of the arch tables: named so that neither tuple order is ambiguous.
+COLUMN_LABELS: dict[str, str] = {
+    "num_convs": "convs", "out_channels": "out channels", "num_blocks": "blocks",
+    "channels": "channels", "kernel": "kernel", "stride": "stride", "padding": "padding",
+    "pool": "max pool after", "c1": "1×1", "c2a": "3×3 reduce", "c2b": "3×3", "c3a": "5×5 reduce",
+    "c3b": "5×5", "c4": "pool proj",
+}
+# Single-column tables (tuple[int, ...] fields) and their column label.
+LIST_LABELS: dict[str, str] = {
+    "conv_channels": "out channels", "hidden": "width", "block_config": "convs",
+}
+FIELD_LABELS: dict[str, str] = {
+    "input_shape": "Input", "num_classes": "Classes", "conv_channels": "Conv layers",
+    "kernel_size": "Kernel size", "padding": "Padding", "pool": "Pooling",
+    "activation": "Activation", "hidden": "Hidden FC layers", "batch_norm": "Batch norm",
+    "bias": "Biases", "convs": "Conv layers", "avgpool_size": "Adaptive pool size",
+    "dropout": "Dropout", "dropout_first": "Dropout before each FC", "arch": "Arch tuple",
+    "blocks": "NiN blocks", "head_kernel": "Head kernel", "stem_channels": "Stem channels",
+    "stages": "Stages", "branch3_kernel": "Branch 3 kernel", "pool_style": "Pool style",
+    "block": "Block", "stem": "Stem", "expansion": "Expansion",
+    "cardinality": "Cardinality (groups)",
+    "base_width": "Base width (torchvision width_per_group)", "bot_mul": "Bottleneck multiplier",
+    "stride_on": "Stride on", "conv_bias": "Conv biases", "shortcut_bn": "BN on shortcut",
+    "block_config": "Dense blocks", "growth_rate": "Growth rate",
+    "num_init_features": "Stem channels", "bn_size": "Bottleneck size (bn_size)",
+    "compression": "Compression", "drop_rate": "Dropout rate",
+}
+
+
+@dataclass(frozen=True)
+class FormField:
+    """How one spec field is edited: a number, a switch, a choice, a table or the input shape."""
+
+    name: str
+    label: str
+    help: str
+    kind: Literal["int", "float", "bool", "choice", "rows", "list", "shape", "triple", "stages"]
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+    row_type: type | None = None  # for "rows" and "stages"
+
+    @property
+    def columns(self) -> list[str]:
+        if self.row_type is not None:
+            return [COLUMN_LABELS[n] for n in self.row_type._fields]
+        return [LIST_LABELS.get(self.name, "value")]
+
+
+def form_fields(cls: type[SpecBase]) -> list[FormField]:
+    """One FormField per dataclass field, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):  # type: ignore[arg-type]
+        tp, meta = hints[f.name], dict(f.metadata)
+        label, help_ = FIELD_LABELS.get(f.name, f.name), meta.get("help", "")
+        lo, hi = meta.get("lo"), meta.get("hi")
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if f.name == "input_shape":
+            out.append(FormField(f.name, label, help_, "shape"))
+        elif tp is bool:
+            out.append(FormField(f.name, label, help_, "bool"))
+        elif tp is int:
+            out.append(FormField(f.name, label, help_, "int", lo, hi))
+        elif tp is float:
+            out.append(FormField(f.name, label, help_, "float", lo, hi))
+        elif origin is Literal:
+            out.append(FormField(f.name, label, help_, "choice", choices=tuple(args)))
+        elif origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            inner = args[0]
+            if typing.get_origin(inner) is tuple:  # GoogLeNet: stages of Inception rows
+                out.append(FormField(f.name, label, help_, "stages",
+                                     row_type=typing.get_args(inner)[0]))
+            elif inner is int:
+                out.append(FormField(f.name, label, help_, "list"))
+            else:
+                out.append(FormField(f.name, label, help_, "rows", row_type=inner))
+        elif origin is tuple:
+            out.append(FormField(f.name, label, help_, "triple"))
+        else:  # pragma: no cover - a new field type must be given a widget here
+            raise TypeError(f"no widget for {f.name}: {tp}")
+    return out
+
+
+def rows_to_frame(field: FormField, value: Any) -> pd.DataFrame:
+    """The table a student edits: named columns, one row per block (stages get a stage column)."""
+    if field.kind == "list":
+        return pd.DataFrame({field.columns[0]: list(value)}, dtype="Int64")
+    if field.kind == "stages":
+        records = [{"stage": i, **dict(zip(field.columns, row, strict=True))}
+                   for i, stage in enumerate(value, 1) for row in stage]
+        return pd.DataFrame(records, columns=["stage", *field.columns])
+    return pd.DataFrame([list(r) for r in value], columns=field.columns)
+
+
+def _cell(value: Any, where: str) -> int:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        raise ConfigError(f"{where} is empty; fill it in or delete the row.")
+    if isinstance(value, bool):
+        return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} must be a number, not {value!r}.") from None
+    if not number.is_integer():
+        raise ConfigError(f"{where} must be a whole number, not {value!r}.")
+    return int(number)
+
+
+def frame_to_rows(field: FormField, frame: pd.DataFrame) -> Any:
+    """Read an edited table back into JSON-like rows (the spec validates the numbers)."""
+    label = field.label.lower()
+    records = frame.to_dict("records")
+    if field.kind == "list":
+        col = field.columns[0]
+        return [_cell(r.get(col), f"{label} row {i}, {col}") for i, r in enumerate(records, 1)]
+    cols = field.columns
+    names = field.row_type._fields  # type: ignore[union-attr]
+    rows = []
+    for i, r in enumerate(records, 1):
+        row = {n: _cell(r.get(c), f"{label} row {i}, {c}") for n, c in zip(names, cols,
+                                                                            strict=True)}
+        if field.kind == "stages":
+            row["_stage"] = _cell(r.get("stage"), f"{label} row {i}, stage")
+        rows.append(row)
+    if field.kind != "stages":
+        return [[row[n] for n in names] for row in rows]
+    stages: dict[int, list[list[int]]] = {}
+    for row in rows:
+        stages.setdefault(row.pop("_stage"), []).append([row[n] for n in names])
+    return [stages[k] for k in sorted(stages)]
+
+
+def book_notation(field_name: str, value: Any) -> str:
+    """A tuple as the book writes it, e.g. VGG-11's ((1, 64), (1, 128), (2, 256), ...)."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, tuple):
+            items = [fmt(x) for x in v]
+            return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+        return repr(v) if not isinstance(v, bool) else str(v)
+
+    return fmt(tuple(v if not isinstance(v, tuple) else tuple(v) for v in value))
+
+
+BOOK_ORDER_NOTE: dict[type, str] = {
+    VGGBlock: "(num_convs, out_channels), the book's order; the notebook writes "
+              "(out_channels, num_convs)",
+    Stage: "(num_blocks, channels)",
+    ConvLayer: "(out_channels, kernel, stride, padding, max pool after)",
+    Inception: "(c1, c2a, c2b, c3a, c3b, c4): 1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool proj",
+}

@@ -1,0 +1,365 @@
+"""Build: assemble a variant from widgets and read every layer (shapes, params, MACs, RF)."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+
+import streamlit as st
+import torch
+
+from explorer import charts
+from explorer.errors import ConfigError
+from explorer.export import table_csv, to_onnx_bytes, to_pytorch_source
+from explorer.forms import (
+    BOOK_ORDER_NOTE,
+    book_notation,
+    form_fields,
+    frame_to_rows,
+    rows_to_frame,
+)
+from explorer.models import BUILDERS, build
+from explorer.notes import FAMILY_NOTES
+from explorer.registry import DEFAULT_PRESET, PRESETS, get_preset
+from explorer.specs import (
+    FAMILIES,
+    SPEC_TYPES,
+    coerce_field,
+    default_spec,
+    spec_from_dict,
+    spec_from_json,
+    spec_from_query,
+)
+from pages.common import SPEC_KEY, analysis_for, fmt_bytes, fmt_count, shape_text
+
+state = st.session_state
+VIEWS = ["Layers", "Charts", "Diagram", "Share & export", "About"]
+
+
+def load(spec, preset: str | None = None) -> None:
+    """Put a spec into the widgets (called before they are drawn, or from a callback)."""
+    state["build_family"] = spec.family
+    state["build_preset"] = preset
+    state["build_loaded_preset"] = preset
+    for f in form_fields(type(spec)):
+        value = getattr(spec, f.name)
+        if f.kind == "shape":
+            state["f_in_c"], state["f_in_h"], state["f_in_w"] = value
+        elif f.kind == "triple":
+            for i, v in enumerate(value):
+                state[f"f_{f.name}_{i}"] = v
+        elif f.kind in ("rows", "list", "stages"):
+            state[f"t_{f.name}"] = value
+        else:
+            state[f"f_{f.name}"] = value
+    state["build_version"] = state.get("build_version", 0) + 1
+    state[SPEC_KEY] = spec.to_json(None)
+
+
+SPEC_QUERY_KEYS = {"family", "preset"} | {f.name for cls in SPEC_TYPES.values()
+                                           for f in dataclasses.fields(cls)}
+
+
+def sync_query(new: dict[str, str]) -> None:
+    """Write the spec into the URL, keeping the other pages' parameters (a run id, say)."""
+    for key in [k for k in st.query_params if k in SPEC_QUERY_KEYS and k not in new]:
+        del st.query_params[key]
+    changed = {k: v for k, v in new.items() if st.query_params.get(k) != v}
+    if changed:
+        st.query_params.update(changed)
+
+
+def on_preset() -> None:
+    name = state.get("build_preset")
+    if name:
+        load(get_preset(name).spec, name)
+
+
+def on_family() -> None:
+    load(default_spec(state["build_family"]))
+
+
+def initial_load() -> None:
+    """First run of a session: the spec in the URL, else the default preset."""
+    params = st.query_params.to_dict()
+    try:
+        if "family" in params:
+            load(spec_from_query(params), params.get("preset") or None)
+            return
+        if "preset" in params:
+            load(get_preset(params["preset"]).spec, params["preset"])
+            return
+    except ConfigError as exc:
+        state["build_url_error"] = f"The link's model could not be read: {exc}"
+    load(get_preset(DEFAULT_PRESET).spec, DEFAULT_PRESET)
+
+
+def number(f, key: str, disabled: bool = False) -> None:
+    is_int = f.kind == "int"
+    st.number_input(f.label, key=key, help=f.help, disabled=disabled,
+                    min_value=int(f.lo) if is_int and f.lo is not None else f.lo,
+                    max_value=int(f.hi) if is_int and f.hi is not None else f.hi,
+                    step=1 if is_int else 0.05, format=None if is_int else "%.2f")
+
+
+def table_widget(f, value) -> object:
+    """An editable table with named columns, and the tuple in the book's notation below it."""
+    frame = rows_to_frame(f, value)
+    edited = st.data_editor(frame, key=f"ed_{f.name}_{state['build_version']}",
+                            num_rows="dynamic", hide_index=True, width="stretch")
+    note = BOOK_ORDER_NOTE.get(f.row_type, "") if f.row_type else ""
+    try:
+        rows = frame_to_rows(f, edited)
+    except ConfigError as exc:
+        state["build_table_error"] = str(exc)
+        return value
+    key = f"txt_{f.name}"
+    state[key] = book_notation(f.name, _as_tuple(rows))
+    st.text_input(f"As a tuple{' ' + note if note else ''}: copy it, or paste one and press "
+                  f"Enter", key=key, on_change=on_paste, args=(f.name,))
+    return rows
+
+
+def on_paste(name: str) -> None:
+    """Read a pasted tuple (Python literal syntax only, never eval) into the table."""
+    text = state.get(f"txt_{name}", "")
+    cls = SPEC_TYPES[state["build_family"]]
+    try:
+        value = ast.literal_eval(text)
+        state[f"t_{name}"] = coerce_field(cls, name, value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        state["build_paste_error"] = (f"Could not read {text!r} as a tuple; write it like "
+                                      f"((1, 64), (2, 128)).")
+        return
+    except ConfigError as exc:
+        state["build_paste_error"] = f"The pasted tuple does not fit: {exc}"
+        return
+    state["build_version"] += 1
+
+
+def _as_tuple(v):
+    return tuple(_as_tuple(x) for x in v) if isinstance(v, list | tuple) else v
+
+
+def spec_widgets(cls) -> dict:
+    """Draw a widget per field; return the JSON-like dict they describe."""
+    data: dict = {"family": cls.family}
+    fields = form_fields(cls)
+    tables = [f for f in fields if f.kind in ("rows", "list", "stages")]
+    others = [f for f in fields if f not in tables]
+    for f in tables:
+        st.markdown(f"**{f.label}** · {f.help}")
+        data[f.name] = table_widget(f, state.get(f"t_{f.name}", getattr(cls(), f.name)))
+    c, h, w = st.columns(3)
+    c.number_input("Input channels", 1, 64, key="f_in_c", help="1 grey, 3 colour")
+    h.number_input("Height", 1, 2048, key="f_in_h")
+    w.number_input("Width", 1, 2048, key="f_in_w")
+    data["input_shape"] = [state["f_in_c"], state["f_in_h"], state["f_in_w"]]
+    with st.expander("More settings", expanded=cls.family in ("resnext",)):
+        for f in others:
+            key = f"f_{f.name}"
+            if f.kind == "shape":
+                continue
+            if f.kind in ("int", "float"):
+                number(f, key)
+            elif f.kind == "bool":
+                st.toggle(f.label, key=key, help=f.help)
+            elif f.kind == "choice":
+                st.selectbox(f.label, f.choices, key=key, help=f.help)
+            elif f.kind == "triple":
+                cols = st.columns(3)
+                for i, col in enumerate(cols):
+                    col.number_input(f"{f.label} {i + 1}", 1, 4096, key=f"{key}_{i}",
+                                     help=f.help)
+                data[f.name] = [state[f"{key}_{i}"] for i in range(3)]
+                continue
+            data[f.name] = state[key]
+    return data
+
+
+def resnext_groups(spec) -> None:
+    """Cardinality and width per group, beside what the book's ``groups=b // groups`` builds."""
+    import pandas as pd
+
+    st.markdown("**Groups per stage.** The book calls `nn.Conv2d(b, b, 3, groups=b // groups)`, "
+                "so its `groups` argument is really *channels per group*.")
+    st.dataframe(pd.DataFrame(spec.group_table()).rename(columns={
+        "bottleneck_width": "bottleneck width b", "groups": "cardinality g",
+        "width_per_group": "width per group b/g",
+        "book_groups_argument": "book's groups argument that builds g",
+        "book_groups_as_cardinality_builds": "groups built if the book is passed g"}),
+        hide_index=True, width="stretch")
+
+
+def headline(analysis) -> None:
+    t = analysis.totals
+    cols = st.columns(6)
+    cols[0].metric("Parameters", fmt_count(t["total_params"]), help=f"{t['total_params']:,}")
+    cols[1].metric("Multiply-adds", fmt_count(t["total_macs"]),
+                   help=f"{t['total_macs']:,} in torchinfo's convention (bias counted); "
+                        f"{t['total_macs_lecture']:,} in the lecture's (bias not counted).")
+    cols[2].metric("Receptive field", f"{t['receptive_field']} px",
+                   help=f"At the input of the classifier head ({t['receptive_field_note']}).")
+    cols[3].metric("Activations", fmt_bytes(t["activation_bytes"]),
+                   help="float32 outputs of every layer for one image (batch 1)")
+    cols[4].metric("Param memory", fmt_bytes(t["param_bytes"]), help="float32 weights")
+    cols[5].metric("Depth", t["depth"], help="conv and linear layers on the longest path")
+
+
+def layer_table(analysis, name: str) -> None:
+    table = analysis.table
+    max_depth = int(table["depth"].max())
+    level = st.select_slider("Show levels", options=list(range(1, max_depth + 1)),
+                             value=min(2, max_depth), key="build_levels",
+                             help="1 = stages, deeper levels = blocks, then layers")
+    rows = table[(table["depth"] >= 1) & (table["depth"] <= level)]
+    view = rows.assign(
+        layer=["    " * (int(d) - 1) + n for n, d in zip(rows["name"], rows["depth"],
+                                                         strict=True)],
+        output=[shape_text(s) for s in rows["output_shape"]])
+    view = view[["layer", "type", "output", "params", "macs", "macs_lecture", "receptive_field",
+                 "jump"]].rename(columns={"macs": "MACs", "macs_lecture": "MACs lecture",
+                                          "receptive_field": "RF"})
+    st.dataframe(view, hide_index=True, width="stretch", height=420,
+                 column_config={"params": st.column_config.NumberColumn(format="localized"),
+                                "MACs": st.column_config.NumberColumn(
+                                    format="localized", help="torchinfo's count (bias included)"),
+                                "MACs lecture": st.column_config.NumberColumn(
+                                    format="localized", help="the lecture's count (no bias)"),
+                                "RF": st.column_config.NumberColumn(
+                                    help="receptive field in input pixels"),
+                                "jump": st.column_config.NumberColumn(
+                                    help="effective stride in input pixels")})
+    st.caption(analysis.totals["macs_note"])
+    st.download_button("Download the table (CSV)", table_csv(table), f"{name}-layers.csv",
+                       "text/csv")
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def figures_for(spec_json: str, level: int) -> dict[str, dict]:
+    """The Charts view's Plotly figures as plain dicts, cached by spec (building is slow)."""
+    spec = spec_from_json(spec_json)
+    table = analysis_for(spec_json).table
+    return {"by_group": charts.params_macs_by_group(table, level).to_dict(),
+            "shape_flow": charts.shape_flow(table).to_dict(),
+            "receptive_field": charts.receptive_field_chart(table, spec.input_shape[1]).to_dict()}
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def diagram_for(spec_json: str) -> dict:
+    return charts.spec_diagram(spec_from_json(spec_json)).to_dict()
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def source_for(spec_json: str, name: str) -> str:
+    """The standalone PyTorch file; the module tree is built on the meta device (no weights)."""
+    spec = spec_from_json(spec_json)
+    with torch.device("meta"):
+        model = BUILDERS[spec.family](spec)
+    return to_pytorch_source(model, spec.input_shape, f"{name}: built with CNN Explorer",
+                             spec_json)
+
+
+def share_and_export(spec, name: str) -> None:
+    base = st.context.url.split("?")[0] if st.context.url else ""
+    query = "&".join(f"{k}={v}" for k, v in spec.to_query().items())
+    st.markdown("**Link to this model** (opening it rebuilds the same network; the copy "
+                "button is at the right of the box):")
+    st.code(f"{base}?{query}", language=None, wrap_lines=True)
+    cols = st.columns(3)
+    cols[0].download_button("PyTorch source (.py)", source_for(spec.to_json(None), name),
+                            f"{name}.py", "text/x-python",
+                            help="A standalone file that needs only torch")
+    cols[1].download_button("Spec (.json)", spec.to_json(), f"{name}.json", "application/json")
+    if cols[2].button("Prepare ONNX (for Netron)"):
+        with st.spinner("Exporting to ONNX…"):
+            state["build_onnx"] = (spec.to_json(None),
+                                   to_onnx_bytes(build(spec), spec.input_shape))
+    onnx = state.get("build_onnx")
+    if onnx and onnx[0] == spec.to_json(None):
+        cols[2].download_button("Download ONNX", onnx[1], f"{name}.onnx",
+                                "application/octet-stream")
+
+
+# ------------------------------------------------------------------------------------------------
+if "build_version" not in state:
+    initial_load()
+elif "build_family" not in state:
+    # Streamlit drops the state of widgets that a run did not draw (another page ran): put
+    # the last model back into the widgets.
+    load(spec_from_json(state.get("build_good") or state[SPEC_KEY]),
+         state.get("build_loaded_preset"))
+if "build_url_error" in state:
+    st.warning(state.pop("build_url_error"))
+
+st.title("Build a network")
+top = st.container()
+left, right = st.columns([1, 2.3], gap="medium")
+
+with left:
+    st.selectbox("Preset", list(PRESETS), key="build_preset", index=None,
+                 on_change=on_preset,
+                 placeholder="Your own variant (edited)")
+    loaded = state.get("build_loaded_preset")
+    if loaded:
+        st.caption(PRESETS[loaded].description)
+    st.selectbox("Family", FAMILIES, key="build_family", on_change=on_family,
+                 format_func=lambda f: SPEC_TYPES[f].title)
+    cls = SPEC_TYPES[state["build_family"]]
+    state.pop("build_table_error", None)
+    data = spec_widgets(cls)
+
+error = state.pop("build_table_error", None) or state.pop("build_paste_error", None)
+spec = None
+if error is None:
+    try:
+        spec = spec_from_dict(data)
+        analysis = analysis_for(spec.to_json(None))
+    except ConfigError as exc:
+        error, spec = str(exc), None
+
+preset = None
+if spec is not None:
+    # The preset's name stays only while the spec is unchanged; edits make it "your variant".
+    preset = loaded if loaded and spec == PRESETS[loaded].spec else None
+    state[SPEC_KEY] = spec.to_json(None)
+    state["build_good"] = spec.to_json(None)
+    sync_query(spec.to_query() | ({"preset": preset} if preset else {}))
+else:
+    spec = spec_from_json(state.get("build_good") or state[SPEC_KEY])
+    analysis = analysis_for(spec.to_json(None))
+
+with top:
+    headline(analysis)
+
+with right:
+    name = preset or (f"{loaded}_edited" if loaded else f"my_{spec.family}")
+    if error:
+        st.error(f"{error} The last model that worked is shown below.")
+    st.markdown(f"#### {name} · {cls.title} on {shape_text(spec.input_shape)}")
+    # A radio rather than st.tabs: only the view on screen is computed, which keeps every
+    # widget change quick.
+    view = st.radio("View", VIEWS, horizontal=True, key="build_view",
+                    label_visibility="collapsed",
+                    format_func=lambda v: f"About {cls.title}" if v == "About" else v)
+    if view == "Layers":
+        layer_table(analysis, name)
+    elif view == "Charts":
+        level = st.radio("Group by", ["stage", "block"], horizontal=True, key="build_group")
+        figs = figures_for(spec.to_json(None), 1 if level == "stage" else 2)
+        for key in ("by_group", "shape_flow", "receptive_field"):
+            st.plotly_chart(figs[key], width="stretch")
+    elif view == "Diagram":
+        st.plotly_chart(diagram_for(spec.to_json(None)), width="stretch")
+    elif view == "Share & export":
+        share_and_export(spec, name)
+    else:
+        st.markdown(FAMILY_NOTES[spec.family])
+        if loaded and PRESETS[loaded].note:
+            st.info(PRESETS[loaded].note)
+
+with left:
+    if spec.family in ("resnet", "resnext") and spec.block == "bottleneck":
+        resnext_groups(spec)
+    if loaded and preset is None:
+        st.button(f"Reset to {loaded}", on_click=on_preset)

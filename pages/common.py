@@ -1,0 +1,90 @@
+"""Helpers shared by the page scripts: cached analysis and the spec currently being built.
+
+Streamlit code lives here and in the page scripts only; everything else is in ``explorer``.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+
+from explorer.analysis import Analysis, analyze
+from explorer.registry import DEFAULT_PRESET, get_preset
+from explorer.specs import spec_from_json
+
+# Streamlit treats an app beside a pages/ folder as a "v1" multipage app until app.py first
+# calls st.navigation; a fresh server whose first visitor opens /build directly would run this
+# page without app.py's navigation, sidebar and styles. Switch to st.navigation and rerun
+# through app.py instead.
+if PagesManager.uses_pages_directory:
+    PagesManager.uses_pages_directory = False
+    st.rerun()
+
+SPEC_KEY = "current_spec_json"  # the spec on the Build page, shared with the other pages
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def analysis_for(spec_json: str) -> Analysis:
+    """Analyse a spec, cached by its JSON (so every page and user shares the result)."""
+    return analyze(spec_from_json(spec_json))
+
+
+def current_spec():
+    """The spec on the Build page, or the default preset before the Build page has run."""
+    text = st.session_state.get(SPEC_KEY)
+    if text:
+        return spec_from_json(text)
+    if "family" in st.query_params:  # a link that carries a Build page spec
+        from explorer.errors import ConfigError
+        from explorer.specs import spec_from_query
+
+        try:
+            return spec_from_query(st.query_params.to_dict())
+        except ConfigError:
+            pass
+    return get_preset(DEFAULT_PRESET).spec
+
+
+def fmt_count(n: float) -> str:
+    """12,345,678 → '12.35 M' (metrics read from the back of a lecture hall)."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:,.0f}"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def shape_text(shape) -> str:
+    """(64, 24, 24) → '64×24×24'; containers that are never called whole show a dash."""
+    return "×".join(str(s) for s in shape) if shape is not None else "—"
+
+
+@st.cache_resource
+def get_manager():
+    """The server's one job manager (a queue and one worker per device), shared by all users."""
+    import atexit
+
+    from explorer.jobs import JobManager
+    from explorer.runs import RunStore
+
+    manager = JobManager(RunStore())
+    # Stop the workers before the interpreter exits: a thread killed inside a torch kernel
+    # aborts the process.
+    atexit.register(manager.shutdown)
+    return manager
+
+
+def job_fragment_interval(job_id: int) -> float | None:
+    """Seconds between live redraws of a job's panel: 1 while it may change, else None (off)."""
+    from explorer.errors import ConfigError
+
+    try:
+        return None if get_manager().get(job_id).done else 1.0
+    except ConfigError:
+        return None

@@ -1,0 +1,234 @@
+"""Train: a short run with live Plotly curves, queued on the server's job manager."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from explorer import charts
+from explorer.data import DATASETS, OFFLINE, default_data_dir, load_dataset
+from explorer.errors import ConfigError
+from explorer.models import build, validate
+from explorer.registry import PRESETS, get_preset
+from explorer.training import INITS, OPTIMIZERS, SCHEDULES, TrainConfig
+from pages.common import current_spec, fmt_count, get_manager, job_fragment_interval
+
+state = st.session_state
+SOURCES = ["Build page", "Preset"]
+SETTINGS = {  # widget key → (TrainConfig field, default); also their URL parameters
+    "tr_optimizer": ("optimizer", "sgd"), "tr_lr": ("lr", 0.1), "tr_batch": ("batch_size", 128),
+    "tr_epochs": ("epochs", 3), "tr_schedule": ("schedule", "constant"), "tr_seed": ("seed", 0),
+    "tr_momentum": ("momentum", 0.9), "tr_wd": ("weight_decay", 0.0),
+    "tr_smooth": ("label_smoothing", 0.0), "tr_init": ("init", "default"),
+}
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the dataset…")
+def dataset(name: str, data_dir: str, download: bool):
+    """Datasets are shared by every user of the server (read-only uint8 tensors)."""
+    return load_dataset(name, data_dir, download)
+
+
+def first_load() -> None:
+    """Settings from the URL (a teacher's link), else defaults; reattach to ?run=ID."""
+    params = st.query_params.to_dict()
+    for key, (_field, default) in SETTINGS.items():
+        raw = params.get(key)
+        try:
+            state[key] = type(default)(raw) if raw is not None else default
+        except ValueError:
+            state[key] = default
+    state["tr_source"] = "Build page" if "current_spec_json" in state else "Preset"
+    state["tr_preset"] = params.get("tr_preset") if params.get("tr_preset") in PRESETS else \
+        "course_lenet5"
+    state["tr_data"] = params.get("tr_data") if params.get("tr_data") in DATASETS else OFFLINE
+    state["tr_dir"] = str(default_data_dir())
+    if str(params.get("run", "")).isdigit():
+        state["tr_job"] = int(params["run"])
+    state["tr_loaded"] = True
+
+
+def chosen_spec():
+    if state["tr_source"] == "Preset":
+        return state["tr_preset"], get_preset(state["tr_preset"]).spec
+    spec = current_spec()
+    return f"build_{spec.family}", spec
+
+
+def config_from_widgets() -> TrainConfig:
+    # Metrics every 5 steps: short CPU runs get a readable loss curve, and reading a value back
+    # from the GPU that often costs little.
+    return TrainConfig(metrics_every=5,
+                       **{field: state[key] for key, (field, _d) in SETTINGS.items()})
+
+
+def start() -> None:
+    """Validate everything, then queue the run; errors become a sentence on the page."""
+    try:
+        name, spec = chosen_spec()
+        validate(spec)
+        config = config_from_widgets()
+        data = dataset(state["tr_data"], state["tr_dir"], state.get("tr_download", False))
+        job = get_manager().submit(f"{name} · {data.name}", spec.to_dict(), config,
+                                   model_fn=lambda: build(spec), input_shape=spec.input_shape,
+                                   dataset=data, num_classes=spec.num_classes)
+    except ConfigError as exc:
+        state["tr_error"] = str(exc)
+        return
+    state["tr_job"] = job
+    st.query_params["run"] = str(job)
+
+
+def settings_panel() -> None:
+    st.radio("Model", SOURCES, key="tr_source", horizontal=True,
+             help="The network on the Build page, or any preset")
+    if state["tr_source"] == "Preset":
+        st.selectbox("Preset", list(PRESETS), key="tr_preset")
+    name, spec = chosen_spec()
+    st.caption(f"{name}: {spec.title} on {'×'.join(map(str, spec.input_shape))}, "
+               f"{spec.num_classes} classes")
+    st.selectbox("Data", list(DATASETS), key="tr_data",
+                 format_func=lambda k: DATASETS[k].title)
+    if state["tr_data"] != OFFLINE:
+        st.text_input("Data directory", key="tr_dir",
+                      help="Where torchvision's files lie (also $EXPLORER_DATA_DIR)")
+        st.checkbox("Download when missing (needs a network)", key="tr_download")
+    c1, c2 = st.columns(2)
+    c1.selectbox("Optimizer", OPTIMIZERS, key="tr_optimizer")
+    c2.number_input("Learning rate", min_value=1e-6, max_value=10.0, key="tr_lr",
+                    format="%.4f", step=0.01)
+    c1.number_input("Batch size", 1, 4096, key="tr_batch")
+    c2.number_input("Epochs", 1, 200, key="tr_epochs")
+    c1.selectbox("Schedule", SCHEDULES, key="tr_schedule")
+    c2.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
+    with st.expander("More settings"):
+        st.number_input("SGD momentum", 0.0, 0.999, key="tr_momentum", step=0.05)
+        st.number_input("Weight decay", 0.0, 1.0, key="tr_wd", format="%.5f", step=1e-4)
+        st.number_input("Label smoothing", 0.0, 0.9, key="tr_smooth", step=0.05)
+        st.selectbox("Weight init", INITS, key="tr_init",
+                     help="xavier: the lectures' Xavier-uniform init")
+
+
+def status_line(job_id: int, snap) -> None:
+    if snap.status == "queued":
+        st.info(f"Run {job_id} is waiting: position {snap.queue_position} in the queue "
+                f"(one run per device at a time).")
+    elif snap.status == "running":
+        st.success(f"Run {job_id} is training on {snap.device}.")
+    elif snap.status == "failed":
+        st.error(f"Run {job_id} failed: {snap.error}")
+    else:
+        st.info(f"Run {job_id} {snap.status}.")
+
+
+def live_panel(job_id: int) -> None:
+    """Status, progress and curves of one job; redrawn every second while it runs."""
+    manager = get_manager()
+    try:
+        snap = manager.get(job_id)
+    except ConfigError:
+        st.info(f"Run {job_id} no longer exists.")
+        state.pop("tr_job", None)
+        return
+    status_col, stop_col = st.columns([5, 1], vertical_alignment="center")
+    if not snap.done:
+        stop_col.button("Stop", key=f"stop_{job_id}", type="primary", width="stretch",
+                        on_click=manager.stop, args=(job_id,))
+    with status_col:
+        status_line(job_id, snap)
+    last = snap.step_metrics[-1] if snap.step_metrics else {}
+    epochs = snap.epoch_metrics
+    if snap.total_steps:
+        eta = last.get("eta_s")
+        eta_text = f", about {eta:,.0f} s left" if eta is not None and not snap.done else ""
+        st.progress(min(snap.step / snap.total_steps, 1.0),
+                    text=f"step {snap.step:,} of {snap.total_steps:,}{eta_text}")
+    cols = st.columns(4)
+    cols[0].metric("Loss", f"{last['loss']:.3f}" if "loss" in last else "–")
+    cols[1].metric("Train acc", f"{epochs[-1]['train_acc']:.1%}" if epochs else "–")
+    test = epochs[-1].get("test_acc") if epochs else None
+    cols[2].metric("Test acc", f"{test:.1%}" if test is not None else "–")
+    cols[3].metric("Images/s", fmt_count(last["images_per_s"]) if "images_per_s" in last
+                   else "–")
+    left, right = st.columns(2)
+    left.plotly_chart(charts.loss_figure(snap.step_metrics), width="stretch",
+                      key=f"loss_{job_id}")
+    right.plotly_chart(charts.accuracy_figure(epochs), width="stretch", key=f"acc_{job_id}")
+    with st.expander("Learning rate"):
+        st.plotly_chart(charts.lr_figure(snap.step_metrics), width="stretch",
+                        key=f"lr_{job_id}")
+    if snap.done and state.get("tr_live_was_running") == job_id:
+        state.pop("tr_live_was_running")
+        st.rerun()  # the run ended: rerun the page so that the fragment stops polling
+
+
+def history() -> None:
+    store = get_manager().store
+    runs = store.list_runs(limit=200)
+    if not runs:
+        st.caption("No runs yet. Start one above.")
+        return
+    table = pd.DataFrame(runs)
+    show = [c for c in ("id", "name", "status", "created_at", "error") if c in table]
+    table = table[show]
+    if "created_at" in table:
+        table["created_at"] = pd.to_datetime(table["created_at"], unit="s").dt.strftime(
+            "%Y-%m-%d %H:%M")
+    st.dataframe(table, hide_index=True, width="stretch", height=220)
+    ids = [r["id"] for r in runs]
+    labels = {r["id"]: f"#{r['id']} {r['name']} ({r['status']})" for r in runs}
+    chosen = st.multiselect("Overlay runs", ids, format_func=labels.get, key="tr_overlay",
+                            max_selections=8)
+    if chosen:
+        frames = {labels[i]: store.metrics(i) for i in chosen}
+        steps = {k: f[f["kind"] == "step"] for k, f in frames.items()}
+        epochs = {k: f[f["kind"] == "epoch"] for k, f in frames.items()}
+        a, b = st.columns(2)
+        a.plotly_chart(charts.overlay_figure(steps, "loss", "step", "Loss (smoothed)"),
+                       width="stretch")
+        b.plotly_chart(charts.overlay_figure(epochs, "test_acc", "epoch", "Test accuracy"),
+                       width="stretch")
+        csv = pd.concat([f.assign(run=k) for k, f in frames.items()]).to_csv(index=False)
+        c1, c2 = st.columns(2)
+        c1.download_button("Download their metrics (CSV)", csv, "metrics.csv", "text/csv")
+        if c2.button(f"Delete {len(chosen)} selected run(s)"):
+            for i in chosen:
+                if i == state.get("tr_job"):
+                    get_manager().stop(i)
+                store.delete_run(i)
+            state.pop("tr_overlay", None)
+            st.rerun()
+
+
+# ------------------------------------------------------------------------------------------------
+if "tr_loaded" not in state:
+    first_load()
+
+st.title("Train")
+left, right = st.columns([1, 2.3], gap="medium")
+with left:
+    settings_panel()
+    st.button("Start training", type="primary", on_click=start, width="stretch")
+    if "tr_error" in state:
+        st.error(state.pop("tr_error"))
+st.query_params.update({k: str(state[k]) for k in SETTINGS} | {
+    "tr_preset": state["tr_preset"], "tr_data": state["tr_data"]})
+
+with right:
+    job_id = state.get("tr_job")
+    if job_id is None:
+        st.info("Choose a model and press **Start training**. On this server runs queue, one "
+                "per device; the curves update every second while a run trains.")
+    else:
+        interval = job_fragment_interval(job_id)
+        if interval:
+            state["tr_live_was_running"] = job_id
+
+        @st.fragment(run_every=interval)
+        def live() -> None:
+            live_panel(job_id)
+
+        live()
+
+st.subheader("Run history")
+history()

@@ -1,0 +1,75 @@
+"""AppTest of the Train page: start a tiny run, watch it finish, reattach from the URL."""
+
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def train_page(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.switch_page("pages/train.py").run()  # as a link to /train opens it
+    assert not at.exception, at.exception
+    return at
+
+
+def wait_done(at: AppTest, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        at.run()
+        if any(s in x.value for x in at.info for s in ("completed", "stopped", "failed")):
+            return
+        time.sleep(0.5)
+    raise AssertionError("the run did not finish in time")
+
+
+def test_start_a_tiny_run_and_see_its_curves():
+    at = train_page()
+    at.radio(key="tr_source").set_value("Preset").run()
+    at.selectbox(key="tr_preset").select("course_lenet5").run()
+    at.number_input(key="tr_epochs").set_value(1).run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.error, [e.value for e in at.error]
+    run_id = int(at.query_params["run"][0] if isinstance(at.query_params["run"], list)
+                 else at.query_params["run"])
+    wait_done(at)
+    assert any(f"Run {run_id} completed" in x.value for x in at.info)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Loss"] != "–" and metrics["Test acc"].endswith("%")
+    # The loss and accuracy figures carry data points.
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 2
+    # The history lists the run; overlaying it draws two more figures.
+    at.multiselect(key="tr_overlay").select(run_id).run()
+    assert not at.exception and len(at.get("plotly_chart")) >= 4
+
+    # A page reload (a new session) with ?run=ID reattaches to the same run.
+    again = train_page({"run": str(run_id)})
+    assert any(f"Run {run_id} completed" in x.value for x in again.info)
+
+
+def test_missing_dataset_is_a_sentence_naming_the_directory(tmp_path):
+    at = train_page()
+    at.radio(key="tr_source").set_value("Preset").run()
+    at.selectbox(key="tr_data").select("fashion-mnist").run()
+    at.text_input(key="tr_dir").set_value(str(tmp_path)).run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception
+    assert at.error and str(tmp_path) in at.error[0].value
+    assert "train-images-idx3-ubyte" in at.error[0].value
+
+
+def test_bad_setting_is_a_sentence():
+    at = train_page()
+    at.radio(key="tr_source").set_value("Preset").run()
+    at.selectbox(key="tr_preset").select("course_lenet").run()
+    at.number_input(key="tr_wd").set_value(0.0).run()
+    at.number_input(key="tr_momentum").set_value(0.999).run()
+    at.selectbox(key="tr_optimizer").select("adam").run()
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception and not at.error  # a valid config: queued
+    assert "run" in at.query_params
