@@ -11,6 +11,12 @@ PAGES = [
     # The default page is served at "/" (Streamlit ignores a url_path on it).
     st.Page("pages/build.py", title="Build", icon=":material/construction:", default=True),
     st.Page("pages/train.py", title="Train", icon=":material/monitoring:", url_path="train"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:",
+            url_path="compare"),
+    st.Page("pages/conv.py", title="Conv arithmetic", icon=":material/calculate:",
+            url_path="conv"),
+    st.Page("pages/gallery.py", title="Lecture gallery", icon=":material/school:",
+            url_path="gallery"),
     st.Page("pages/readme.py", title="README", icon=":material/menu_book:", url_path="readme"),
 ]
 page = st.navigation(PAGES)

@@ -1,0 +1,132 @@
+"""AppTest of the Conv arithmetic page: hand-computed numbers, impossible settings, the URL."""
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "conv.py")
+
+
+def fresh(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def metric(at: AppTest, label: str):
+    return next(m for m in at.metric if m.label == label)
+
+
+def text(at: AppTest) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def qp(at: AppTest, key: str) -> str:
+    value = at.query_params[key]
+    return value[-1] if isinstance(value, list) else value
+
+
+@pytest.fixture(scope="module")
+def at() -> AppTest:
+    return fresh()
+
+
+def test_opens_on_lenets_first_conv(at):
+    assert not at.exception and not at.error
+    # 1×28×28, 6 filters 5×5, padding 2: H' = (28 + 4 - 5) + 1 = 28; params 6·25 + 6 = 156;
+    # lecture MACs 6·28·28·25 = 117,600; torchinfo 156·784 = 122,304.
+    assert metric(at, "Output shape").value == "6×28×28"
+    assert metric(at, "Parameters").help == "156"
+    assert metric(at, "Multiply-adds (lecture)").help.startswith("117,600")
+    assert metric(at, "Multiply-adds (torchinfo)").help.startswith("122,304")
+    body = text(at)
+    assert "6·(1·5·5) + 6 (bias) = 156" in body  # the formula with the numbers filled in
+    # Two stacked 5×5 convs see 1 + 2·(5−1) = 9 pixels.
+    assert "= **9×9** pixels" in body
+
+
+def test_url_round_trip():
+    # 3×32×32, 16 filters 3×3, stride 2, padding 1, no bias: floor((32 + 2 - 3) / 2) + 1 = 16;
+    # params 16·3·9 = 432; lecture MACs 16·16·16·27 = 110,592.
+    query = {"conv_c": "3", "conv_h": "32", "conv_w": "32", "conv_out": "16", "conv_kh": "3",
+             "conv_kw": "3", "conv_s": "2", "conv_p": "1", "conv_bias": "0"}
+    at = fresh(query)
+    assert not at.exception
+    assert at.number_input(key="conv_s").value == 2
+    assert at.toggle(key="conv_bias").value is False
+    assert metric(at, "Output shape").value == "16×16×16"
+    assert metric(at, "Parameters").help == "432"
+    assert metric(at, "Multiply-adds (lecture)").help.startswith("110,592")
+    at.number_input(key="conv_out").set_value(8).run()
+    assert qp(at, "conv_out") == "8" and qp(at, "conv_s") == "2" and qp(at, "conv_bias") == "0"
+    # The written URL reopens the same layer in a new session: 8·3·9 = 216 parameters.
+    again = fresh({k: qp(at, k) for k in at.query_params})
+    assert metric(again, "Parameters").help == "216"
+    assert metric(again, "Output shape").value == "8×16×16"
+
+
+def test_pooling_mode_and_its_url():
+    at = fresh({"conv_mode": "pool", "conv_pool": "avg", "conv_pk": "3", "conv_ps": "2",
+                "conv_pp": "1", "conv_c": "64", "conv_h": "56", "conv_w": "56"})
+    assert not at.exception and not at.error
+    # floor((56 + 2 - 3) / 2) + 1 = 28; pooling has no weights.
+    assert metric(at, "Output shape").value == "64×28×28"
+    assert metric(at, "Parameters").value == "0"
+    assert at.radio(key="conv_pool").value == "avg"
+    at.segmented_control(key="conv_mode").set_value("conv").run()
+    assert not at.exception and qp(at, "conv_mode") == "conv"
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("conv_kh", 40, "larger than the padded input"),  # 40 > 28 + 2·2
+    ("conv_g", 4, "divisible by groups = 4"),  # 1 channel, 6 filters
+])
+def test_impossible_settings_answer_with_a_sentence(key, value, fragment):
+    at = fresh()
+    at.number_input(key=key).set_value(value).run()
+    assert not at.exception
+    assert len(at.error) == 1 and fragment in at.error[0].value
+    assert metric(at, "Output shape").value == "—"
+    at.number_input(key=key).set_value(3 if key == "conv_kh" else 1).run()
+    assert not at.error and not at.exception
+
+
+def test_a_broken_link_falls_back_to_the_defaults():
+    at = fresh({"conv_kh": "abc", "conv_mode": "sideways", "conv_c": "0"})
+    assert not at.exception
+    assert len(at.warning) == 1 and "conv_kh='abc'" in at.warning[0].value
+    assert metric(at, "Output shape").value == "6×28×28"
+
+
+def test_sliding_window_and_groups():
+    at = fresh({"conv_c": "4", "conv_h": "5", "conv_w": "5", "conv_out": "8", "conv_kh": "3",
+                "conv_kw": "3", "conv_s": "2", "conv_p": "1", "conv_g": "4"})
+    assert not at.exception and not at.error
+    # floor((5 + 2 - 3) / 2) + 1 = 3 → 3×3 outputs; position 4 is output (1, 1).
+    slider = at.select_slider(key="conv_pos")
+    slider.set_value(4).run()
+    window = figures(at)[0]
+    assert "output pixel (1, 1) reads rows 2–4, columns 2–4" in window["layout"]["title"]["text"]
+    assert qp(at, "conv_pos") == "4"
+    # Grouped conv: C_in·C_out/g = 4·8/4 = 8 weights per kernel position.
+    assert "4·8/4 = **8** weights per kernel position" in text(at)
+
+
+def test_pooling_and_back_keeps_the_conv_settings():
+    at = fresh()
+    at.number_input(key="conv_out").set_value(12).run()
+    at.segmented_control(key="conv_mode").set_value("pool").run()
+    at.radio(key="conv_pool").set_value("avg").run()  # a run that does not draw the conv inputs
+    assert not at.exception and qp(at, "conv_out") == "12"
+    at.segmented_control(key="conv_mode").set_value("conv").run()
+    assert not at.exception
+    # 12 filters 5×5 on 1×28×28, padding 2: 12·25 + 12 = 312 parameters.
+    assert metric(at, "Parameters").help == "312"
+    assert qp(at, "conv_pool") == "avg"
