@@ -126,9 +126,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(json.dumps({"preset": name, "input": list(spec.input_shape), **figures}, indent=2))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one sentence on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message}; see `{self.prog} --help`.\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m explorer", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="python -m explorer", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("presets", help="one preset name per line, a tab, a description")
 
     s = sub.add_parser("summary", help="layer table and totals of a preset or spec JSON file")
@@ -149,7 +156,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["table", "json"], default="table")
 
     b = sub.add_parser("bench", help="benchmarks that print JSON figures")
-    bsub = b.add_subparsers(dest="what", required=True)
+    bsub = b.add_subparsers(dest="what", required=True, parser_class=_Parser)
     ba = bsub.add_parser("analyze", help="analyze() against torchinfo.summary alone")
     ba.add_argument("--preset", default="resnet152")
     ba.add_argument("--input", help="input shape C,H,W")

@@ -45,11 +45,13 @@ class LayerResult:
         (c, h, w), (co, ho, wo) = self.input_shape, self.output_shape
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel, self.stride, self.padding,
                                                   self.dilation)
-        span_h = f"{dh}·({kh}-1)+1" if dh > 1 else f"{kh}"
+        span_h = f"({dh}·({kh}-1)+1)" if dh > 1 else f"{kh}"
+        span_w = f"({dw}·({kw}-1)+1)" if dw > 1 else f"{kw}"
         lines = [
             f"output height H' = floor((H + 2P - K) / S) + 1 = floor(({h} + 2·{ph} - {span_h}) "
             f"/ {sh}) + 1 = {ho}",
-            f"output width  W' = floor(({w} + 2·{pw} - {dw * (kw - 1) + 1}) / {sw}) + 1 = {wo}",
+            f"output width  W' = floor((W + 2P - K) / S) + 1 = floor(({w} + 2·{pw} - {span_w}) "
+            f"/ {sw}) + 1 = {wo}",
             f"output shape {co}×{ho}×{wo}",
         ]
         if self.kind != "conv":

@@ -57,7 +57,9 @@ def test_errors_are_one_sentence_and_exit_2(tmp_path):
                  ["summary", "course_vgg11", "--input", "1,28,28"],
                  ["summary", str(tmp_path / "missing.json")],
                  ["summary", "course_lenet", "--input", "1,28"],
-                 ["conv", "--input", "1,4,4", "--out", "2", "--kernel", "7"]):
+                 ["conv", "--input", "1,4,4", "--out", "2", "--kernel", "7"],
+                 ["conv", "--input", "1,4,4", "--out", "2", "--kernel", "abc"],
+                 ["summary"], ["bogus"]):
         proc = run(*args)
         assert proc.returncode == 2, args
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
