@@ -11,6 +11,8 @@ PAGES = [
     # The default page is served at "/" (Streamlit ignores a url_path on it).
     st.Page("pages/build.py", title="Build", icon=":material/construction:", default=True),
     st.Page("pages/train.py", title="Train", icon=":material/monitoring:", url_path="train"),
+    st.Page("pages/bn_lab.py", title="Batch norm", icon=":material/equalizer:",
+            url_path="bn_lab"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:",
             url_path="compare"),
     st.Page("pages/conv.py", title="Conv arithmetic", icon=":material/calculate:",

@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS metrics (
     data TEXT NOT NULL          -- the other metric values, JSON object
 );
 CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics(run_id, kind, step);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,         -- e.g. bn_stats (explorer.bn_lab)
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
 """
 
 _owner_cache: tuple[int, str] | None = None
@@ -213,6 +219,26 @@ class RunStore:
                 raise ConfigError(f"run {run_id} is still {row['status']}; stop it before "
                                   f"deleting it.")
             self._conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+
+    def save_artifact(self, run_id: int, name: str, data: bytes) -> None:
+        """Store (or replace) a named blob with a run, e.g. its BN statistics; deleted with it."""
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("an artifact needs a name; use a short word such as 'bn_stats'.")
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise ConfigError(f"artifact {name!r} must be bytes, got {type(data).__name__}.")
+        with self._lock, self._conn:
+            self._require(run_id)
+            self._conn.execute(
+                "INSERT INTO artifacts (run_id, name, data) VALUES (?, ?, ?) "
+                "ON CONFLICT(run_id, name) DO UPDATE SET data=excluded.data",
+                (run_id, name, bytes(data)))
+
+    def load_artifact(self, run_id: int, name: str) -> bytes | None:
+        """The blob stored under ``name`` with a run, or None when there is none."""
+        with self._lock:
+            row = self._conn.execute("SELECT data FROM artifacts WHERE run_id=? AND name=?",
+                                     (run_id, name)).fetchone()
+        return None if row is None else bytes(row["data"])
 
     # ---- reading --------------------------------------------------------------------------
     def _require(self, run_id: int) -> sqlite3.Row:

@@ -1,0 +1,177 @@
+"""AppTest of the Batch norm page: a finished run's statistics, the experiment, the demos."""
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from explorer import bn_lab
+from explorer.data import OFFLINE, load_dataset
+from explorer.models import build
+from explorer.registry import get_preset
+from explorer.runs import RunStore
+from explorer.training import TrainConfig, train
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "bn_lab.py")
+
+
+def bn_page(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def decode(value):
+    """Plotly's JSON writes numpy arrays as {dtype, bdata (base64), shape}; lists stay lists."""
+    if isinstance(value, dict) and "bdata" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        return arr.reshape([int(s) for s in str(shape).split(",")]) if shape else arr
+    return np.asarray(value)
+
+
+def figure(at: AppTest, i: int) -> dict:
+    """The i-th Plotly figure's JSON, with its arrays decoded."""
+    fig = json.loads(at.get("plotly_chart")[i].proto.spec)
+    for trace in fig["data"]:
+        for key in ("x", "y", "z"):
+            if key in trace:
+                trace[key] = decode(trace[key])
+    return fig
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    """A finished BN-LeNet run whose statistics lie in the page's store (tests/conftest.py's
+    EXPLORER_RUNS_DB), recorded without the page, so the page must read them from the store."""
+    torch.set_num_threads(1)
+    spec = get_preset("course_bn_lenet").spec
+    data = load_dataset(OFFLINE).subset(512, 64)
+    config = TrainConfig(batch_size=128, epochs=1, precision="fp32", metrics_every=2)
+    with RunStore() as store:
+        run = store.create_run(f"{bn_lab.RECORDED_PREFIX}tiny · {OFFLINE}", spec.to_dict(),
+                               config, status="running")
+        rec = bn_lab.StoredBNRecorder(store, run, every=1)
+        train(build(spec), spec.input_shape, 10, data, config, callbacks=[rec], device="cpu")
+        store.set_status(run, "completed")
+    return run, rec
+
+
+def test_a_finished_tiny_run_reopens_from_the_store(tiny_run):
+    run, rec = tiny_run
+    at = bn_page({"bn_view": "stats", "bn_run": str(run)})
+    assert any(f"Run {run} completed" in x.value for x in at.info)
+    m = metrics(at)
+    # BN-LeNet: 6 + 16 + 120 + 84 = 226 channels in 4 BN layers; 512 images / 128 = 4 steps.
+    assert (m["BN layers"], m["Channels"], m["Recorded steps"]) == ("4", "226", "4")
+    heat = figure(at, 0)["data"][0]
+    assert heat["type"] == "heatmap" and heat["x"].tolist() == [1, 2, 3, 4]
+    z = np.array(heat["z"], dtype=float)
+    assert z.shape == (6, 4)  # features.bn1: 6 channels × 4 steps
+    np.testing.assert_allclose(z, rec.series("features.bn1", "batch_mean").T, rtol=1e-6)
+    std = np.array(figure(at, 1)["data"][0]["z"], dtype=float)
+    np.testing.assert_allclose(std ** 2, rec.series("features.bn1", "batch_var").T, rtol=1e-5)
+    assert len(at.get("plotly_chart")) == 5  # mean, std, running vs batch, γ/β, histograms
+
+    # A BatchNorm1d layer: 120 rows, labelled N×D, and the URL remembers it.
+    at.selectbox(key="bn_layer").select("head.bn1").run()
+    assert not at.exception
+    assert "N×D" in at.selectbox(key="bn_layer").format_func("head.bn1")
+    assert figure(at, 0)["data"][0]["z"].shape == (120, 4)
+    assert at.query_params["bn_layer"] == ["head.bn1"] or at.query_params["bn_layer"] == \
+        "head.bn1"
+    # γ and β at the last step: 120 bars each.
+    gb = figure(at, 3)["data"]
+    np.testing.assert_allclose(gb[0]["y"], rec.series("head.bn1", "gamma")[-1], rtol=1e-6)
+
+
+def test_one_click_experiment_starts_two_runs_and_says_what_happened():
+    at = bn_page({"bn_view": "experiment"})
+    at.number_input(key="bn_exp_epochs").set_value(1).run()
+    next(b for b in at.button if b.label == "Train both").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    exp = at.session_state["bn_exp"]
+    with RunStore() as store:
+        names = [store.get_run(i)["name"] for i in (exp.bn_run, exp.plain_run)]
+    assert names[0].startswith(f"{bn_lab.RECORDED_PREFIX}LeNet with BN")
+    assert names[1].startswith("LeNet without BN")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        at.run()
+        if at.success or at.warning:
+            break
+        time.sleep(0.5)
+    verdicts = [x.value for x in [*at.success, *at.warning]]
+    assert verdicts and verdicts[0].startswith(("It happened", "It did not happen",
+                                                 "No clear difference"))
+    assert "after 1 epoch" in verdicts[0]
+    curves = figure(at, 0)["data"]
+    assert {t["name"] for t in curves} == {"with BN", "without BN"}
+    # The link to the BN run's statistics switches section.
+    next(b for b in at.button if b.label.startswith("Open the statistics")).click().run()
+    assert at.radio(key="bn_view").value == "stats" and at.session_state["bn_run"] == exp.bn_run
+
+
+def test_the_understanding_sections_show_their_numbers():
+    at = bn_page({"bn_view": "scratch"})
+    m = metrics(at)
+    assert float(m["Train output, max |Δ|"]) < 1e-5 and float(m["Eval output, max |Δ|"]) < 1e-5
+    assert "0.9 + 0.1 ×" in " ".join(x.value for x in at.markdown)
+
+    at.radio(key="bn_view").set_value("modes").run()
+    assert not at.exception
+    assert metrics(at)["Predictions that change"].endswith("%")
+    assert any("Expected more than 1 value per channel" in w.value for w in at.warning)
+
+    at.radio(key="bn_view").set_value("batch").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table["channels with variance 0"].tolist() == ["100%", "0%"]
+    assert table["values per channel"].tolist() == [1, 64]  # 1 per example; 8×8 positions
+
+    at.radio(key="bn_view").set_value("fold").run()
+    assert not at.exception
+    m = metrics(at)
+    assert m["BN layers folded"] == "17" and float(m["Max |Δ output|"]) <= 1e-4
+
+    at.radio(key="bn_view").set_value("norms").run()
+    assert not at.exception
+    check = at.dataframe[0].value
+    assert (check["max |hand − torch|"] < 1e-5).all()
+    assert check["sets"].tolist() == [6, 3, 18, 9]  # N=3, C=6, G=3: C, N, N·C, N·G
+
+
+def test_user_mistakes_are_sentences(tmp_path):
+    at = bn_page({"bn_view": "stats", "bn_run": "99999"})
+    assert any("Run 99999 has no recorded BN statistics" in e.value for e in at.error)
+
+    at.session_state["current_spec_json"] = get_preset("course_lenet").spec.to_json()
+    at.selectbox(key="bn_model").select("Build page").run()
+    next(b for b in at.button if b.label == "Start recording").click().run()
+    assert not at.exception
+    assert any("has no batch-norm layer" in e.value for e in at.error)
+
+    at.selectbox(key="bn_model").select("course_bn_lenet").run()
+    at.selectbox(key="bn_data").select("fashion-mnist").run()
+    at.text_input(key="bn_dir").set_value(str(tmp_path)).run()
+    next(b for b in at.button if b.label == "Start recording").click().run()
+    assert not at.exception
+    assert any(str(tmp_path) in e.value for e in at.error)
+
+    at.radio(key="bn_view").set_value("modes").run()
+    at.select_slider(key="bn_md_batch").set_value(8).run()
+    at.number_input(key="bn_md_example").set_value(20).run()
+    assert not at.exception
+    assert any("Example 20 is not in a batch of 8" in e.value for e in at.error)
