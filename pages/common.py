@@ -88,3 +88,18 @@ def job_fragment_interval(job_id: int) -> float | None:
         return None if get_manager().get(job_id).done else 1.0
     except ConfigError:
         return None
+
+
+def restore_widgets(saved_key: str) -> bool:
+    """Put back the widget values saved under ``saved_key`` that Streamlit dropped.
+
+    Streamlit deletes a widget's state when a run does not draw it (another page ran, or a
+    mode hid it); a page saves its values each run and calls this first. False on a first run.
+    """
+    saved = st.session_state.get(saved_key)
+    if not saved:
+        return False
+    for key, value in saved.items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+    return True

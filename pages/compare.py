@@ -10,7 +10,7 @@ from explorer.errors import ConfigError
 from explorer.io import read_spec, read_specs, safe_name, spec_from_link, specs_to_json
 from explorer.registry import COURSE_PAIRS, PRESETS
 from explorer.specs import spec_from_json
-from pages.common import analysis_for, current_spec, fmt_count
+from pages.common import analysis_for, current_spec, fmt_count, restore_widgets
 
 state = st.session_state
 
@@ -148,17 +148,6 @@ def write_url() -> None:
         if current.get(key) != value:
             st.query_params[key] = value
     state[WRITTEN] = wanted
-
-
-def restore() -> bool:
-    """Put back the values of controls that an earlier run did not draw; False on a first run."""
-    saved = state.get(SAVED)
-    if not saved:
-        return False
-    for key, value in saved.items():
-        if key not in state:
-            state[key] = value
-    return True
 
 
 def url_is_new() -> bool:
@@ -336,7 +325,7 @@ def row_name(left: str, right: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-if url_is_new() or not restore():
+if url_is_new() or not restore_widgets(SAVED):
     read_url()
 
 st.title("Compare networks")

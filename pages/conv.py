@@ -9,7 +9,7 @@ import streamlit as st
 from explorer.compare import groups_figure, sliding_window_figure, stacking_table
 from explorer.convmath import conv_layer, pool_layer, stacked_receptive_field, stacked_vs_single
 from explorer.errors import ConfigError
-from pages.common import fmt_count, shape_text
+from pages.common import fmt_count, restore_widgets, shape_text
 
 state = st.session_state
 
@@ -78,17 +78,6 @@ def write_url() -> None:
     state[WRITTEN] = wanted
 
 
-def restore() -> bool:
-    """Put back the values of controls that an earlier run did not draw; False on a first run."""
-    saved = state.get(SAVED)
-    if not saved:
-        return False
-    for key, value in saved.items():
-        if key not in state:
-            state[key] = value
-    return True
-
-
 def _url_is_new() -> bool:
     url = {k: st.query_params.get(k) for k in KEYS}
     return any(v is not None for v in url.values()) and url != state.get(WRITTEN)
@@ -113,7 +102,7 @@ def demo_size(size: int, span: int, pad: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-if _url_is_new() or not restore():
+if _url_is_new() or not restore_widgets(SAVED):
     bad = read_url()
     if bad:
         st.warning("The link's settings " + "; ".join(bad) + " could not be used; the defaults "
