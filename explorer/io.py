@@ -57,33 +57,37 @@ def _checked(data: Any, where: str) -> SpecBase:
     return spec
 
 
+def _load_json(data: bytes | str, filename: str, max_bytes: int, what: str,
+               source: str) -> tuple[str, Any]:
+    """(shown file name, parsed JSON) of an uploaded file; every failure is one sentence."""
+    shown = PurePath(filename or "the file").name
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if len(raw) > max_bytes:
+        raise ConfigError(f"{shown} is {_size_text(len(raw))}; a {what} file is at most "
+                          f"{_size_text(max_bytes)}, so pick {source}.")
+    if not raw.strip():
+        raise ConfigError(f"{shown} is empty; pick {source}.")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{shown} is not a text file; pick {source}.") from None
+    try:
+        return shown, json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{shown} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                          f"{exc.colno}); download it again or fix that line.") from None
+    except RecursionError:
+        raise ConfigError(f"{shown} is nested too deeply to be a {what} file.") from None
+
+
 def read_specs(data: bytes | str, filename: str = "spec.json") -> dict[str, SpecBase]:
     """Named specs from a spec file: one spec (its own JSON) or several (``specs_to_json``).
 
     Raises ConfigError with one sentence for an oversized, empty, non-UTF-8, malformed or
     invalid file. A single spec is named after the file.
     """
-    shown = PurePath(filename or "the file").name
-    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    if len(raw) > MAX_SPEC_BYTES:
-        raise ConfigError(f"{shown} is {_size_text(len(raw))}; a spec file is at most "
-                          f"{_size_text(MAX_SPEC_BYTES)}, so pick a spec .json downloaded from "
-                          f"the Build or Compare page.")
-    if not raw.strip():
-        raise ConfigError(f"{shown} is empty; pick a spec .json downloaded from the Build or "
-                          f"Compare page.")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{shown} is not a text file; a spec is a .json file downloaded from "
-                          f"the Build or Compare page.") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{shown} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
-                          f"{exc.colno}); download the spec again or fix that line.") from None
-    except RecursionError:
-        raise ConfigError(f"{shown} is nested too deeply to be a spec.") from None
+    shown, doc = _load_json(data, filename, MAX_SPEC_BYTES, "spec",
+                            "a spec .json downloaded from the Build or Compare page")
     if isinstance(doc, dict) and "family" in doc:
         return {safe_name(PurePath(shown).stem, "uploaded"): _checked(doc, shown)}
     if not (isinstance(doc, dict) and isinstance(doc.get("models"), list)):
@@ -144,3 +148,37 @@ def spec_from_link(link: str) -> tuple[str, SpecBase]:
 
 __all__ = ["FORMAT", "MAX_MODELS", "MAX_SPEC_BYTES", "read_spec", "read_specs", "safe_name",
            "spec_from_link", "specs_to_json"]
+
+
+RUNS_FORMAT = "cnn-explorer/runs"  # marks a file that holds several exported runs
+MAX_RUNS_BYTES = 32 * 1024 * 1024  # a 2,000-step run with every metric is well under 2 MiB
+MAX_RUNS = 50
+
+
+def runs_to_json(exports: list[dict[str, Any]]) -> str:
+    """Several exported runs (``RunStore.export_run``) in one file for ``read_runs``."""
+    return json.dumps({"format": RUNS_FORMAT, "runs": exports}, indent=1)
+
+
+def read_runs(data: bytes | str, filename: str = "runs.json") -> list[dict[str, Any]]:
+    """The exported runs in an uploaded file: one run, or ``runs_to_json``'s list.
+
+    Only the file's shape is checked here; ``RunStore.import_runs`` validates every run and
+    stores all of them or none.
+    """
+    shown, doc = _load_json(data, filename, MAX_RUNS_BYTES, "runs",
+                            "a runs .json downloaded from the Train page")
+    if isinstance(doc, dict) and isinstance(doc.get("runs"), list):
+        items = doc["runs"]
+    elif isinstance(doc, dict) and "metrics" in doc:
+        items = [doc]
+    else:
+        raise ConfigError(f"{shown} holds no exported run; download runs from the Train "
+                          f"page's history.")
+    if not items:
+        raise ConfigError(f"{shown} lists no runs.")
+    if len(items) > MAX_RUNS:
+        raise ConfigError(f"{shown} lists {len(items)} runs; import at most {MAX_RUNS} at once.")
+    if not all(isinstance(item, dict) for item in items):
+        raise ConfigError(f"{shown}: every run must be a JSON object.")
+    return items

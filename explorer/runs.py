@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,11 @@ class RunStore:
                 rows = self._conn.execute(sql).fetchall()
         return [self._run_dict(r) for r in rows]
 
+    def runs_with_spec(self, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Runs whose stored model spec equals ``spec`` (a spec's ``to_dict()``), newest first."""
+        want = json.loads(_json(dict(spec), "the spec"))
+        return [r for r in self.list_runs() if r["spec"] == want]
+
     def metrics(self, run_id: int, kind: str | None = None) -> pd.DataFrame:
         """A run's metrics in the order written: columns kind, step, epoch, then the values."""
         with self._lock:
@@ -306,18 +311,34 @@ class RunStore:
 
         A run exported while queued or running is imported as interrupted.
         """
-        run, metrics = _validate_export(data)
+        return self.import_runs([data])[0]
+
+    def import_runs(self, items: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Store several exported runs in one transaction: every one is validated first, and a
+        malformed one raises ConfigError (naming it) with nothing stored."""
+        checked = []
+        for i, data in enumerate(items, 1):
+            try:
+                checked.append(_validate_export(data))
+            except ConfigError as exc:
+                if len(items) == 1:
+                    raise
+                raise ConfigError(f"run {i} of {len(items)}: {exc} Nothing was imported.") \
+                    from None
+        ids = []
         with self._lock, self._conn:  # one transaction: all rows or none
-            cur = self._conn.execute(
-                "INSERT INTO runs (name, spec, config, status, error, created_at, started_at, "
-                "finished_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (run["name"], run["spec"], run["config"], run["status"], run["error"],
-                 run["created_at"], run["started_at"], run["finished_at"]))
-            run_id = int(cur.lastrowid)
-            self._conn.executemany(
-                "INSERT INTO metrics (run_id, kind, step, epoch, data) VALUES (?, ?, ?, ?, ?)",
-                [(run_id, *m) for m in metrics])
-        return run_id
+            for run, metrics in checked:
+                cur = self._conn.execute(
+                    "INSERT INTO runs (name, spec, config, status, error, created_at, "
+                    "started_at, finished_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                    (run["name"], run["spec"], run["config"], run["status"], run["error"],
+                     run["created_at"], run["started_at"], run["finished_at"]))
+                run_id = int(cur.lastrowid)
+                self._conn.executemany(
+                    "INSERT INTO metrics (run_id, kind, step, epoch, data) VALUES (?, ?, ?, ?, ?)",
+                    [(run_id, *m) for m in metrics])
+                ids.append(run_id)
+        return ids
 
 
 def _bad(message: str) -> ConfigError:

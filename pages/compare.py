@@ -5,20 +5,23 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from explorer import charts
 from explorer import compare as cmp
 from explorer.errors import ConfigError
 from explorer.io import read_spec, read_specs, safe_name, spec_from_link, specs_to_json
 from explorer.registry import COURSE_PAIRS, PRESETS
 from explorer.specs import spec_from_json
-from pages.common import analysis_for, current_spec, fmt_count, restore_widgets
+from pages.common import analysis_for, current_spec, fmt_count, get_manager, restore_widgets
 
 state = st.session_state
 
 MAX_MODELS = 4
+MAX_RUNS_PER_MODEL = 4
 DEFAULT_MODELS = ["course_resnet18", "resnet18"]
 SPEC_PARAM = "cmp_spec_"  # + label: the JSON of a model that is not a preset
 FLAGS = ("cmp_log", "cmp_details", "cmp_diff")  # toggles kept in the URL as 0/1
-VIEWS = {"totals": "Totals", "charts": "Charts", "layers": "Layer by layer"}
+VIEWS = {"totals": "Totals", "charts": "Charts", "layers": "Layer by layer",
+         "runs": "Training runs"}
 WRITTEN = "cmp_url_written"  # the URL this page wrote last: a different one is a new link
 # Streamlit forgets a widget's value when a run does not draw it (another page or view); a
 # plain copy made at the end of every run brings it back.
@@ -246,6 +249,30 @@ def charts_tab(analyses: dict) -> None:
                "1×224×224, torchvision's 3×224×224); stars are the compared models.")
 
 
+def runs_tab(chosen: list[str]) -> None:
+    """Overlay the curves of every stored run of the compared models (same spec)."""
+    store = get_manager().store
+    steps, epochs = {}, {}
+    for name in chosen:
+        for run in store.runs_with_spec(spec_of(name).to_dict())[:MAX_RUNS_PER_MODEL]:
+            frame = store.metrics(run["id"])
+            label = f"{name} #{run['id']}"
+            steps[label] = frame[frame["kind"] == "step"]
+            epochs[label] = frame[frame["kind"] == "epoch"]
+    if not steps:
+        st.info("No training runs of these models yet: train one on the Train page (choose "
+                "the same preset, or the Build page's model), then come back.")
+        return
+    a, b = st.columns(2)
+    a.plotly_chart(charts.overlay_figure(steps, "loss", "step", "Loss (smoothed)"),
+                   width="stretch")
+    b.plotly_chart(charts.overlay_figure(epochs, "test_acc", "epoch", "Test accuracy"),
+                   width="stretch")
+    st.caption(f"Every stored run whose model equals a compared one (the newest "
+               f"{MAX_RUNS_PER_MODEL} per model); their data and settings may differ, see the "
+               f"Train page's history.")
+
+
 def style_rows(frame: pd.DataFrame, status: pd.Series):
     colors = [ROW_COLORS.get(s, "#ffffff") for s in status]
     return frame.style.apply(lambda col: [f"background-color: {c}" for c in colors], axis=0)
@@ -361,6 +388,8 @@ with right_col:
         charts_tab(analyses)
     elif view == "layers":
         frame = layers_head(chosen)
+    elif view == "runs":
+        runs_tab(chosen)
 
 if frame is not None:
     layers_table(frame)

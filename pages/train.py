@@ -8,6 +8,7 @@ import streamlit as st
 from explorer import charts
 from explorer.data import DATASETS, OFFLINE, default_data_dir, load_dataset
 from explorer.errors import ConfigError
+from explorer.io import read_runs, runs_to_json
 from explorer.models import build, validate
 from explorer.registry import PRESETS, get_preset
 from explorer.training import INITS, OPTIMIZERS, SCHEDULES, TrainConfig
@@ -162,8 +163,27 @@ def live_panel(job_id: int) -> None:
         st.rerun()  # the run ended: rerun the page so that the fragment stops polling
 
 
+def on_import() -> None:
+    """Import an uploaded runs file: all of its runs or, with a sentence, none."""
+    upload = state.get("tr_import")
+    if upload is None:
+        return
+    try:
+        ids = get_manager().store.import_runs(read_runs(upload.getvalue(), upload.name))
+    except ConfigError as exc:
+        state["tr_import_msg"] = ("error", str(exc))
+        return
+    state["tr_import_msg"] = ("success", f"Imported {len(ids)} run(s) as "
+                                         f"{', '.join(f'#{i}' for i in ids)}.")
+
+
 def history() -> None:
     store = get_manager().store
+    st.file_uploader("Import runs (a .json from another server's Train page)", type=["json"],
+                     key="tr_import", on_change=on_import)
+    if "tr_import_msg" in state:
+        kind, text = state.pop("tr_import_msg")
+        (st.error if kind == "error" else st.success)(text)
     runs = store.list_runs(limit=200)
     if not runs:
         st.caption("No runs yet. Start one above.")
@@ -189,9 +209,12 @@ def history() -> None:
         b.plotly_chart(charts.overlay_figure(epochs, "test_acc", "epoch", "Test accuracy"),
                        width="stretch")
         csv = pd.concat([f.assign(run=k) for k, f in frames.items()]).to_csv(index=False)
-        c1, c2 = st.columns(2)
-        c1.download_button("Download their metrics (CSV)", csv, "metrics.csv", "text/csv")
-        if c2.button(f"Delete {len(chosen)} selected run(s)"):
+        c1, c2, c3 = st.columns(3)
+        c1.download_button("Metrics (CSV)", csv, "metrics.csv", "text/csv")
+        c2.download_button("Runs (JSON, to import elsewhere)",
+                           runs_to_json([store.export_run(i) for i in chosen]), "runs.json",
+                           "application/json")
+        if c3.button(f"Delete {len(chosen)} selected run(s)"):
             for i in chosen:
                 if i == state.get("tr_job"):
                     get_manager().stop(i)

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from explorer.runs import EXPORT_FORMAT
+
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
@@ -73,3 +75,39 @@ def test_bad_setting_is_a_sentence():
     next(b for b in at.button if b.label == "Start training").click().run()
     assert not at.exception and not at.error  # a valid config: queued
     assert "run" in at.query_params
+
+
+def stored_run(spec_dict: dict, test_acc: float) -> dict:
+    """An exported run as another server's Train page would write it."""
+    return {"format": EXPORT_FORMAT, "version": 1, "name": "elsewhere", "spec": spec_dict,
+            "config": {"epochs": 1}, "status": "completed", "error": None,
+            "created_at": 1.0, "started_at": 2.0, "finished_at": 3.0,
+            "metrics": [{"kind": "step", "step": s, "epoch": 1, "values": {"loss": 2.0 / s}}
+                        for s in (1, 2, 3)]
+            + [{"kind": "epoch", "step": 3, "epoch": 1, "values": {"test_acc": test_acc}}]}
+
+
+def test_runs_import_from_a_file_and_bad_files_store_nothing():
+    from explorer.io import runs_to_json
+    from explorer.registry import get_preset
+    from explorer.runs import RunStore
+
+    spec = get_preset("course_lenet5").spec.to_dict()
+    good = stored_run(spec, 0.75)
+    before = len(RunStore().list_runs())
+    at = train_page()
+    at.file_uploader(key="tr_import").upload("bad.json", b"{oops", "application/json").run()
+    assert not at.exception and "not valid JSON" in at.error[0].value
+    assert len(RunStore().list_runs()) == before
+    at.file_uploader(key="tr_import").upload(
+        "runs.json", runs_to_json([good]).encode(), "application/json").run()
+    assert not at.exception and "Imported 1 run" in at.success[0].value
+    assert len(RunStore().list_runs()) == before + 1
+
+    # The Compare page overlays the stored runs of the compared models.
+    cmp = AppTest.from_file(APP, default_timeout=120)
+    cmp.query_params["cmp_models"] = "course_lenet5,course_lenet"
+    cmp.query_params["cmp_view"] = "runs"
+    cmp.switch_page("pages/compare.py").run()
+    assert not cmp.exception
+    assert len(cmp.get("plotly_chart")) == 2

@@ -340,3 +340,29 @@ def test_submit_rejects_a_device_without_a_worker(manager):
     with pytest.raises(ConfigError, match="no worker"):
         manager.submit("gpu please", SPEC, TrainConfig(device="mps"), tiny, (1, 8, 8),
                        synthetic())
+
+
+def test_import_runs_is_all_or_none_and_finds_runs_by_spec(tmp_path):
+    from explorer.io import read_runs, runs_to_json
+
+    store = RunStore(tmp_path / "a.sqlite")
+    spec = {"family": "lenet", "num_classes": 10}
+    first = store.create_run("one", spec, {"epochs": 1}, status="queued")
+    store.add_metrics(first, "epoch", [{"step": 3, "epoch": 1, "test_acc": 0.5}])
+    store.set_status(first, "running")
+    store.set_status(first, "completed")
+    exported = [store.export_run(first)]
+    other = RunStore(tmp_path / "b.sqlite")
+    broken = dict(exported[0], metrics="not a list")
+    with pytest.raises(ConfigError, match="run 2 of 2.*Nothing was imported"):
+        other.import_runs(read_runs(runs_to_json(exported + [broken])))
+    assert other.list_runs() == []
+    ids = other.import_runs(read_runs(runs_to_json(exported + exported)))
+    assert len(ids) == 2
+    assert [r["id"] for r in other.runs_with_spec(spec)] == sorted(ids, reverse=True)
+    assert other.runs_with_spec({"family": "vgg"}) == []
+    assert other.metrics(ids[0])["test_acc"].tolist() == [0.5]
+    with pytest.raises(ConfigError, match="no exported run"):
+        read_runs(b'{"family": "vgg"}', "spec.json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        read_runs(b"{", "x.json")
