@@ -21,6 +21,15 @@ os.environ.setdefault("EXPLORER_RUNS_DB", os.path.join(_TMP, "runs.sqlite"))
 os.environ.setdefault("EXPLORER_DATA_DIR", os.path.join(_TMP, "data"))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: training tests are faster and steadier on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0

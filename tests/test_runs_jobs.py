@@ -26,12 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = {"family": "tiny", "channels": 4}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic(n_train: int = 128, n_test: int = 32, seed: int = 0) -> ImageDataset:

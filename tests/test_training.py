@@ -13,13 +13,7 @@ from explorer.data import ImageDataset, load_dataset
 from explorer.errors import ConfigError
 from explorer.training import TrainConfig, initialize, resolve_precision, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic(n_train: int = 256, n_test: int = 64, shape=(1, 8, 8), seed: int = 0) -> ImageDataset:
