@@ -111,3 +111,18 @@ def test_runs_import_from_a_file_and_bad_files_store_nothing():
     cmp.switch_page("pages/compare.py").run()
     assert not cmp.exception
     assert len(cmp.get("plotly_chart")) == 2
+
+
+def test_train_settings_round_trip_through_the_url():
+    at = train_page({"tr_lr": "0.05", "tr_epochs": "7", "tr_optimizer": "adamw",
+                     "tr_preset": "course_nin", "tr_data": "mnist"})
+    assert at.number_input(key="tr_lr").value == 0.05
+    assert at.number_input(key="tr_epochs").value == 7
+    assert at.selectbox(key="tr_optimizer").value == "adamw"
+    assert at.selectbox(key="tr_data").value == "mnist"
+    at.number_input(key="tr_batch").set_value(64).run()
+    query = {k: v[0] if isinstance(v, list) else v for k, v in at.query_params.items()}
+    assert query["tr_batch"] == "64" and query["tr_preset"] == "course_nin"
+    again = train_page(query)
+    assert again.number_input(key="tr_batch").value == 64
+    assert again.number_input(key="tr_lr").value == 0.05
