@@ -203,7 +203,7 @@ def controls() -> None:
     st.button("Add the model from the Build page", on_click=on_add_build,
               icon=":material/construction:", width="stretch")
     st.text_input("…or paste a link to a model", key="cmp_link", on_change=on_link,
-                  placeholder="https://…/build?family=resnet&…",
+                  placeholder="https://…/?family=resnet&…",
                   help="The link from the Build page's 'Share & export' tab")
     st.file_uploader("…or add a spec file (.json)", type=["json"], max_upload_size=1,
                      key=f"cmp_upload_{state.get('cmp_upload_n', 0)}", on_change=on_upload,
