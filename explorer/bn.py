@@ -640,7 +640,7 @@ class BNStatsRecorder:
 
 
 @contextlib.contextmanager
-def _preserved(model: nn.Module) -> Iterator[None]:
+def preserved(model: nn.Module) -> Iterator[None]:
     """Restore every module's mode and every buffer (running statistics) on exit."""
     modes = {m: m.training for m in model.modules()}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
@@ -695,7 +695,7 @@ def activation_histograms(
     mode = model.training if training is None else bool(training)
     handle = layer.register_forward_hook(hook)
     try:
-        with _preserved(model), torch.no_grad():
+        with preserved(model), torch.no_grad():
             model.train(mode)
             model(batch)
     finally:
@@ -763,7 +763,7 @@ def train_vs_eval(
         return out.argmax(dim=1).cpu().numpy() if out.dim() == 2 else None
 
     x1 = batch[example:example + 1]
-    with _preserved(model), torch.no_grad():
+    with preserved(model), torch.no_grad():
         model.eval()
         out_eval = run(batch)
         single_eval = run(x1)
@@ -771,7 +771,7 @@ def train_vs_eval(
         out_train = run(batch)
     error: str | None = None
     single_train: Tensor | None = None
-    with _preserved(model), torch.no_grad():
+    with preserved(model), torch.no_grad():
         set_train()
         try:
             single_train = run(x1)

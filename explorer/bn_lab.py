@@ -32,6 +32,7 @@ from explorer.bn import (
     ScratchBatchNorm,
     find_foldable,
     fold_bn,
+    preserved,
 )
 from explorer.data import ImageDataset
 from explorer.errors import ConfigError
@@ -136,24 +137,16 @@ def layer_histograms(model: nn.Module, batch: Tensor, *, bins: int = HIST_BINS,
                 captured[name] = (args[0].detach(), output.detach())
         return hook
 
-    modes = {m: m.training for m in model.modules()}
-    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     handles = [m.register_forward_hook(make_hook(n)) for n, m in bns.items()]
     try:
-        model.eval()
-        for m in bns.values():
-            m.train()
-        with torch.no_grad():
+        with preserved(model), torch.no_grad():  # modes and running statistics come back
+            model.eval()
+            for m in bns.values():
+                m.train()
             model(batch)
     finally:
         for h in handles:
             h.remove()
-        with torch.no_grad():
-            for n, b in model.named_buffers():
-                if n in buffers:
-                    b.copy_(buffers[n])
-        for m, mode in modes.items():
-            m.training = mode
     out: dict[str, dict[str, Any]] = {}
     g = torch.Generator().manual_seed(seed)
     for name in bns:
