@@ -205,7 +205,7 @@ def architecture_diagram(model_or_nodes: nn.Module | list[DiagramNode], per_row:
     nodes = (diagram_nodes(model_or_nodes) if isinstance(model_or_nodes, nn.Module)
              else model_or_nodes)
     fig = go.Figure()
-    w, h, gap_x, gap_y = 1.35, 0.8, 0.4, 1.1
+    w, h, gap_x, gap_y = 1.5, 0.8, 0.35, 1.1
     xs, ys = [], []
     for i, node in enumerate(nodes):
         r, c = divmod(i, per_row)
@@ -228,7 +228,7 @@ def architecture_diagram(model_or_nodes: nn.Module | list[DiagramNode], per_row:
             fig.add_annotation(x=x0 + w / 2, y=y0 + h + 0.22, text=f"⊕ concat ×{node.concat}",
                                showarrow=False, font={"size": 11, "color": "#333"})
     fig.add_scatter(x=xs, y=ys, mode="text", text=[n.label for n in nodes],
-                    textfont={"size": 13, "color": "black"},
+                    textfont={"size": 12, "color": "black"},
                     hovertext=[f"{n.name}{' (skip: ' + n.skip + ')' if n.skip else ''}"
                                for n in nodes], hoverinfo="text", showlegend=False)
     rows = (len(nodes) - 1) // per_row + 1
