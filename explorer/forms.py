@@ -150,15 +150,12 @@ def frame_to_rows(field: FormField, frame: pd.DataFrame) -> Any:
     return [stages[k] for k in sorted(stages)]
 
 
-def book_notation(field_name: str, value: Any) -> str:
-    """A tuple as the book writes it, e.g. VGG-11's ((1, 64), (1, 128), (2, 256), ...)."""
-    def fmt(v: Any) -> str:
-        if isinstance(v, tuple):
-            items = [fmt(x) for x in v]
-            return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-        return repr(v) if not isinstance(v, bool) else str(v)
-
-    return fmt(tuple(v if not isinstance(v, tuple) else tuple(v) for v in value))
+def book_notation(value: Any) -> str:
+    """Rows (lists or tuples) as the book writes them: VGG-11's ((1, 64), (1, 128), ...)."""
+    if isinstance(value, list | tuple):
+        items = [book_notation(x) for x in value]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    return repr(value)
 
 
 BOOK_ORDER_NOTE: dict[type, str] = {

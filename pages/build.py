@@ -114,7 +114,7 @@ def table_widget(f, value) -> object:
         state["build_table_error"] = str(exc)
         return value
     key = f"txt_{f.name}"
-    state[key] = book_notation(f.name, _as_tuple(rows))
+    state[key] = book_notation(rows)
     st.text_input(f"As a tuple{' ' + note if note else ''}: copy it, or paste one and press "
                   f"Enter", key=key, on_change=on_paste, args=(f.name,))
     return rows
@@ -135,10 +135,6 @@ def on_paste(name: str) -> None:
         state["build_paste_error"] = f"The pasted tuple does not fit: {exc}"
         return
     state["build_version"] += 1
-
-
-def _as_tuple(v):
-    return tuple(_as_tuple(x) for x in v) if isinstance(v, list | tuple) else v
 
 
 def spec_widgets(cls) -> dict:
@@ -260,23 +256,22 @@ def source_for(spec_json: str, name: str) -> str:
                              spec_json)
 
 
-def share_and_export(spec, name: str) -> None:
+def share_and_export(spec, spec_json: str, name: str) -> None:
     base = st.context.url.split("?")[0] if st.context.url else ""
     query = "&".join(f"{k}={v}" for k, v in spec.to_query().items())
     st.markdown("**Link to this model** (opening it rebuilds the same network; the copy "
                 "button is at the right of the box):")
     st.code(f"{base}?{query}", language=None, wrap_lines=True)
     cols = st.columns(3)
-    cols[0].download_button("PyTorch source (.py)", source_for(spec.to_json(None), name),
+    cols[0].download_button("PyTorch source (.py)", source_for(spec_json, name),
                             f"{name}.py", "text/x-python",
                             help="A standalone file that needs only torch")
     cols[1].download_button("Spec (.json)", spec.to_json(), f"{name}.json", "application/json")
     if cols[2].button("Prepare ONNX (for Netron)"):
         with st.spinner("Exporting to ONNX…"):
-            state["build_onnx"] = (spec.to_json(None),
-                                   to_onnx_bytes(build(spec), spec.input_shape))
+            state["build_onnx"] = (spec_json, to_onnx_bytes(build(spec), spec.input_shape))
     onnx = state.get("build_onnx")
-    if onnx and onnx[0] == spec.to_json(None):
+    if onnx and onnx[0] == spec_json:
         cols[2].download_button("Download ONNX", onnx[1], f"{name}.onnx",
                                 "application/octet-stream")
 
@@ -314,7 +309,8 @@ spec = None
 if error is None:
     try:
         spec = spec_from_dict(data)
-        analysis = analysis_for(spec.to_json(None))
+        spec_json = spec.to_json(None)
+        analysis = analysis_for(spec_json)
     except ConfigError as exc:
         error, spec = str(exc), None
 
@@ -322,12 +318,12 @@ preset = None
 if spec is not None:
     # The preset's name stays only while the spec is unchanged; edits make it "your variant".
     preset = loaded if loaded and spec == PRESETS[loaded].spec else None
-    state[SPEC_KEY] = spec.to_json(None)
-    state["build_good"] = spec.to_json(None)
+    state[SPEC_KEY] = state["build_good"] = spec_json
     sync_query(spec.to_query() | ({"preset": preset} if preset else {}))
 else:
-    spec = spec_from_json(state.get("build_good") or state[SPEC_KEY])
-    analysis = analysis_for(spec.to_json(None))
+    spec_json = state.get("build_good") or state[SPEC_KEY]
+    spec = spec_from_json(spec_json)
+    analysis = analysis_for(spec_json)
 
 with top:
     headline(analysis)
@@ -346,13 +342,13 @@ with right:
         layer_table(analysis, name)
     elif view == "Charts":
         level = st.radio("Group by", ["stage", "block"], horizontal=True, key="build_group")
-        figs = figures_for(spec.to_json(None), 1 if level == "stage" else 2)
+        figs = figures_for(spec_json, 1 if level == "stage" else 2)
         for key in ("by_group", "shape_flow", "receptive_field"):
             st.plotly_chart(figs[key], width="stretch")
     elif view == "Diagram":
-        st.plotly_chart(diagram_for(spec.to_json(None)), width="stretch")
+        st.plotly_chart(diagram_for(spec_json), width="stretch")
     elif view == "Share & export":
-        share_and_export(spec, name)
+        share_and_export(spec, spec_json, name)
     else:
         st.markdown(FAMILY_NOTES[spec.family])
         if loaded and PRESETS[loaded].note:
