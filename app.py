@@ -33,7 +33,7 @@ with st.sidebar:
     v = versions()
     st.caption(f"torch {v['torch']} · torchvision {v['torchvision']} · "
                f"torchinfo {v['torchinfo']}")
-    st.page_link(PAGES[-1], label="README: how to run, CLI, spec format",
-                 icon=":material/menu_book:")
+    st.page_link(PAGES[-1], label="How to use it", icon=":material/menu_book:",
+                 help="The README: how to run the app, the command line and the spec format.")
 
 page.run()
