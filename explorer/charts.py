@@ -274,7 +274,9 @@ def loss_figure(step_rows: object, weight: float = 0.8) -> go.Figure:
     if not df.empty:
         fig.add_scatter(x=df["step"], y=df["loss"], mode="lines", name="loss",
                         line={"color": COLORS["params"], "width": 1}, opacity=0.45)
-        fig.add_scatter(x=df["step"], y=smooth(df["loss"], weight), mode="lines",
+        # One report so far (a big model's first step): a line needs two points, so mark it.
+        fig.add_scatter(x=df["step"], y=smooth(df["loss"], weight),
+                        mode="lines+markers" if len(df) == 1 else "lines",
                         name="smoothed", line={"color": COLORS["params"], "width": 3})
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="loss", rangemode="tozero")
@@ -318,5 +320,17 @@ def overlay_figure(runs: dict[str, pd.DataFrame], metric: str, x: str, title: st
         fig.add_scatter(x=df[x], y=y, mode="lines" if x == "step" else "lines+markers",
                         name=label, line={"width": 3})
     fig.update_xaxes(title_text=x)
+    last = max((df[x].max() for df in runs.values() if not df.empty), default=0)
+    if x == "epoch" and last <= 20:  # whole epochs only, never 1.5
+        fig.update_xaxes(tick0=1, dtick=1)
     fig.update_yaxes(title_text=metric.replace("_", " "))
-    return _layout(fig, title, 360)
+    if metric.endswith("_acc"):  # a single epoch would otherwise autoscale to −0.5…1.5
+        fig.update_yaxes(range=[0, 1.02])
+    # Up to 8 long run names: the legend goes under the plot, one row per run, where it covers
+    # neither the curves nor Plotly's toolbar.
+    rows = len(fig.data)
+    _layout(fig, title, 340 + 22 * rows)
+    fig.update_layout(legend={"orientation": "v", "y": -0.18, "yanchor": "top", "x": 0,
+                              "xanchor": "left"},
+                      margin={"l": 60, "r": 20, "t": 60, "b": 60 + 22 * rows})
+    return fig

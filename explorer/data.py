@@ -169,13 +169,15 @@ def load_dataset(name: str = OFFLINE, data_dir: str | Path | None = None,
 
     Args:
         name: ``offline-mnist`` (no files needed), ``fashion-mnist``, ``mnist`` or ``cifar10``.
-        data_dir: where torchvision's files lie; defaults to ``default_data_dir()``.
+        data_dir: where torchvision's files lie; None or blank means ``default_data_dir()``.
         download: let torchvision download the files when they are missing (needs a network).
     """
     key = _canonical(name)
     if key == OFFLINE:
         return offline_mnist()
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    # An empty field means the default, never "." (the server's working directory).
+    root = Path(str(data_dir).strip()) if data_dir is not None and str(data_dir).strip() \
+        else default_data_dir()
     info = DATASETS[key]
     if key == "cifar10":
         return _load_cifar10(info, root, download)

@@ -53,6 +53,7 @@ class JobSnapshot:
     total_steps: int | None
     step_metrics: tuple[dict[str, Any], ...]
     epoch_metrics: tuple[dict[str, Any], ...]
+    stopping: bool = False  # running, with a stop asked for: the step in flight ends first
 
     @property
     def done(self) -> bool:
@@ -202,11 +203,12 @@ class JobManager:
             position = next((i + 1 for i, j in enumerate(self._queue) if j.id == job_id), None)
             if job is not None:
                 status, error, device = job.status, job.error, job.device
+                stopping = status == "running" and job.stop_event.is_set()
         if job is None:
             return self._from_store(job_id)
         total, steps, epochs = job.buffer.read()
         return JobSnapshot(job.id, job.name, status, error, position, device,
-                           steps[-1]["step"] if steps else 0, total, steps, epochs)
+                           steps[-1]["step"] if steps else 0, total, steps, epochs, stopping)
 
     def _from_store(self, job_id: int) -> JobSnapshot:
         run = self.store.get_run(job_id)

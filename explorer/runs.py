@@ -341,6 +341,9 @@ class RunStore:
         return ids
 
 
+LATEST_TIME = 7_258_118_400  # 2200-01-01 UTC: imported times must lie before it
+
+
 def _bad(message: str) -> ConfigError:
     return ConfigError(f"this run file cannot be imported: {message}.")
 
@@ -375,8 +378,9 @@ def _validate_export(data: Any) -> tuple[dict[str, Any], list[tuple[str, int, in
     times = {}
     for key in ("created_at", "started_at", "finished_at"):
         value = data.get(key)
-        if value is not None and not _finite(value):
-            raise _bad(f"'{key}' must be a number of seconds or null, got {value!r}")
+        if value is not None and not (_finite(value) and 0 <= value < LATEST_TIME):
+            raise _bad(f"'{key}' must be Unix seconds between 1970 and 2200 or null, got "
+                       f"{value!r}")
         times[key] = value
     if times["created_at"] is None:
         times["created_at"] = time.time()

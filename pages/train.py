@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import streamlit as st
 
@@ -12,7 +14,13 @@ from explorer.io import read_runs, runs_to_json
 from explorer.models import build, validate
 from explorer.registry import PRESETS, get_preset
 from explorer.training import INITS, OPTIMIZERS, SCHEDULES, TrainConfig
-from pages.common import current_spec, fmt_count, get_manager, job_fragment_interval
+from pages.common import (
+    current_spec,
+    fmt_count,
+    get_manager,
+    job_fragment_interval,
+    restore_widgets,
+)
 
 state = st.session_state
 SOURCES = ["Build page", "Preset"]
@@ -22,6 +30,16 @@ SETTINGS = {  # widget key → (TrainConfig field, default); also their URL para
     "tr_momentum": ("momentum", 0.9), "tr_wd": ("weight_decay", 0.0),
     "tr_smooth": ("label_smoothing", 0.0), "tr_init": ("init", "default"),
 }
+NUMBERS = {  # number widgets' ranges; a link's value outside them is refused with a sentence
+    "tr_lr": (1e-6, 10.0), "tr_batch": (1, 4096), "tr_epochs": (1, 200), "tr_seed": (0, 2**31 - 1),
+    "tr_momentum": (0.0, 0.999), "tr_wd": (0.0, 1.0), "tr_smooth": (0.0, 0.9),
+}
+CHOICES = {"tr_optimizer": OPTIMIZERS, "tr_schedule": SCHEDULES, "tr_init": INITS,
+           "tr_preset": tuple(PRESETS), "tr_data": tuple(DATASETS)}
+# Widget values saved every run: Streamlit drops a widget's state when a run does not draw it
+# (another page, or the preset box while the Build page's model is chosen).
+WIDGETS = (*SETTINGS, "tr_source", "tr_preset", "tr_data", "tr_dir", "tr_download")
+SAVED = "tr_saved"
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the dataset…")
@@ -30,19 +48,42 @@ def dataset(name: str, data_dir: str, download: bool):
     return load_dataset(name, data_dir, download)
 
 
+def url_value(key: str, raw: str, default):
+    """A link's value for a setting, or None when the page's widget would not accept it."""
+    if key in CHOICES:
+        return raw if raw in CHOICES[key] else None
+    try:
+        value = type(default)(raw)
+    except ValueError:
+        return None
+    lo, hi = NUMBERS[key]
+    return value if math.isfinite(value) and lo <= value <= hi else None
+
+
+def allowed(key: str) -> str:
+    if key in CHOICES:
+        return "a preset name" if key == "tr_preset" else "one of " + ", ".join(CHOICES[key])
+    lo, hi = NUMBERS[key]
+    return f"from {lo:g} to {hi:g}"
+
+
 def first_load() -> None:
     """Settings from the URL (a teacher's link), else defaults; reattach to ?run=ID."""
     params = st.query_params.to_dict()
-    for key, (_field, default) in SETTINGS.items():
+    defaults = {key: default for key, (_field, default) in SETTINGS.items()} | {
+        "tr_preset": "course_lenet5", "tr_data": OFFLINE}
+    refused = []
+    for key, default in defaults.items():
         raw = params.get(key)
-        try:
-            state[key] = type(default)(raw) if raw is not None else default
-        except ValueError:
-            state[key] = default
+        value = default if raw is None else url_value(key, raw, default)
+        if value is None:
+            refused.append(f"{key}={raw[:40]} ({allowed(key)})")
+            value = default
+        state[key] = value
+    if refused:
+        state["tr_url_warning"] = (f"The link's settings {'; '.join(refused)} cannot be used; "
+                                   f"the defaults are shown instead.")
     state["tr_source"] = "Build page" if "current_spec_json" in state else "Preset"
-    state["tr_preset"] = params.get("tr_preset") if params.get("tr_preset") in PRESETS else \
-        "course_lenet5"
-    state["tr_data"] = params.get("tr_data") if params.get("tr_data") in DATASETS else OFFLINE
     state["tr_dir"] = str(default_data_dir())
     if str(params.get("run", "")).isdigit():
         state["tr_job"] = int(params["run"])
@@ -69,7 +110,8 @@ def start() -> None:
         name, spec = chosen_spec()
         validate(spec)
         config = config_from_widgets()
-        data = dataset(state["tr_data"], state["tr_dir"], state.get("tr_download", False))
+        data = dataset(state["tr_data"], state.get("tr_dir", "").strip(),
+                       state.get("tr_download", False))
         job = get_manager().submit(f"{name} · {data.name}", spec.to_dict(), config,
                                    model_fn=lambda: build(spec), input_shape=spec.input_shape,
                                    dataset=data, num_classes=spec.num_classes)
@@ -92,28 +134,33 @@ def settings_panel() -> None:
                  format_func=lambda k: DATASETS[k].title)
     if state["tr_data"] != OFFLINE:
         st.text_input("Data directory", key="tr_dir",
-                      help="Where torchvision's files lie (also $EXPLORER_DATA_DIR)")
+                      help=f"Where torchvision's files lie; blank means {default_data_dir()} "
+                           f"($EXPLORER_DATA_DIR, else ./data)")
         st.checkbox("Download when missing (needs a network)", key="tr_download")
     c1, c2 = st.columns(2)
     c1.selectbox("Optimizer", OPTIMIZERS, key="tr_optimizer")
-    c2.number_input("Learning rate", min_value=1e-6, max_value=10.0, key="tr_lr",
-                    format="%.4f", step=0.01)
-    c1.number_input("Batch size", 1, 4096, key="tr_batch")
-    c2.number_input("Epochs", 1, 200, key="tr_epochs")
+    # %g shows 1e-06 and 5e-05 as they are, where %.4f would show 0.0000.
+    c2.number_input("Learning rate", *NUMBERS["tr_lr"], key="tr_lr", format="%g", step=0.01)
+    c1.number_input("Batch size", *NUMBERS["tr_batch"], key="tr_batch")
+    c2.number_input("Epochs", *NUMBERS["tr_epochs"], key="tr_epochs")
     c1.selectbox("Schedule", SCHEDULES, key="tr_schedule")
-    c2.number_input("Seed", 0, 2**31 - 1, key="tr_seed")
+    c2.number_input("Seed", *NUMBERS["tr_seed"], key="tr_seed")
     with st.expander("More settings"):
-        st.number_input("SGD momentum", 0.0, 0.999, key="tr_momentum", step=0.05)
-        st.number_input("Weight decay", 0.0, 1.0, key="tr_wd", format="%.5f", step=1e-4)
-        st.number_input("Label smoothing", 0.0, 0.9, key="tr_smooth", step=0.05)
+        st.number_input("SGD momentum", *NUMBERS["tr_momentum"], key="tr_momentum", step=0.05)
+        st.number_input("Weight decay", *NUMBERS["tr_wd"], key="tr_wd", format="%g", step=1e-4)
+        st.number_input("Label smoothing", *NUMBERS["tr_smooth"], key="tr_smooth", step=0.05)
         st.selectbox("Weight init", INITS, key="tr_init",
                      help="xavier: the lectures' Xavier-uniform init")
+    state[SAVED] = {k: state[k] for k in WIDGETS if k in state}
 
 
 def status_line(job_id: int, snap) -> None:
     if snap.status == "queued":
         st.info(f"Run {job_id} is waiting: position {snap.queue_position} in the queue "
                 f"(one run per device at a time).")
+    elif snap.stopping:
+        st.warning(f"Run {job_id} is stopping: the step in flight finishes first, which takes "
+                   f"long only for a big model on the CPU. What it measured is kept.")
     elif snap.status == "running":
         st.success(f"Run {job_id} is training on {snap.device}.")
     elif snap.status == "failed":
@@ -128,11 +175,13 @@ def live_panel(job_id: int) -> None:
     try:
         snap = manager.get(job_id)
     except ConfigError:
-        st.info(f"Run {job_id} no longer exists.")
+        st.info(f"There is no run {job_id} on this server: it was deleted, or the link comes "
+                f"from another server. Start a new run on the left.")
         state.pop("tr_job", None)
+        st.query_params.pop("run", None)
         return
     status_col, stop_col = st.columns([5, 1], vertical_alignment="center")
-    if not snap.done:
+    if not snap.done and not snap.stopping:
         stop_col.button("Stop", key=f"stop_{job_id}", type="primary", width="stretch",
                         on_click=manager.stop, args=(job_id,))
     with status_col:
@@ -177,6 +226,25 @@ def on_import() -> None:
                                          f"{', '.join(f'#{i}' for i in ids)}.")
 
 
+def delete_runs(ids: list[int]) -> None:
+    """Delete the finished runs among ``ids``; a live one stays, with a sentence saying why."""
+    manager, kept, notes = get_manager(), [], []
+    for i in ids:
+        try:
+            if i == state.get("tr_job") and manager.stop(i):
+                notes.append(f"Run {i} is stopping; delete it once it has stopped.")
+                kept.append(i)
+                continue
+            manager.store.delete_run(i)
+        except ConfigError:  # someone else's run that is queued or training
+            notes.append(f"Run {i} is still queued or training (it was started elsewhere); "
+                         f"it can be deleted once it has ended.")
+            kept.append(i)
+    state["tr_overlay"] = kept
+    if notes:
+        state["tr_delete_msg"] = " ".join(notes)
+
+
 def history() -> None:
     store = get_manager().store
     st.file_uploader("Import runs (a .json from another server's Train page)", type=["json"],
@@ -191,9 +259,9 @@ def history() -> None:
     table = pd.DataFrame(runs)
     show = [c for c in ("id", "name", "status", "created_at", "error") if c in table]
     table = table[show]
-    if "created_at" in table:
-        table["created_at"] = pd.to_datetime(table["created_at"], unit="s").dt.strftime(
-            "%Y-%m-%d %H:%M")
+    if "created_at" in table:  # a time no calendar can show reads as blank, not as an error
+        table["created_at"] = pd.to_datetime(table["created_at"], unit="s",
+                                             errors="coerce").dt.strftime("%Y-%m-%d %H:%M")
     st.dataframe(table, hide_index=True, width="stretch", height=220)
     ids = [r["id"] for r in runs]
     labels = {r["id"]: f"#{r['id']} {r['name']} ({r['status']})" for r in runs}
@@ -214,20 +282,20 @@ def history() -> None:
         c2.download_button("Runs (JSON, to import elsewhere)",
                            runs_to_json([store.export_run(i) for i in chosen]), "runs.json",
                            "application/json")
-        if c3.button(f"Delete {len(chosen)} selected run(s)"):
-            for i in chosen:
-                if i == state.get("tr_job"):
-                    get_manager().stop(i)
-                store.delete_run(i)
-            state.pop("tr_overlay", None)
-            st.rerun()
+        c3.button(f"Delete {len(chosen)} selected run(s)", on_click=delete_runs, args=(chosen,))
+    if "tr_delete_msg" in state:
+        st.warning(state.pop("tr_delete_msg"))
 
 
 # ------------------------------------------------------------------------------------------------
 if "tr_loaded" not in state:
     first_load()
+else:
+    restore_widgets(SAVED)
 
 st.title("Train")
+if "tr_url_warning" in state:
+    st.warning(state.pop("tr_url_warning"))
 left, right = st.columns([1, 2.3], gap="medium")
 with left:
     settings_panel()

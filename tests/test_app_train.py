@@ -126,3 +126,84 @@ def test_train_settings_round_trip_through_the_url():
     again = train_page(query)
     assert again.number_input(key="tr_batch").value == 64
     assert again.number_input(key="tr_lr").value == 0.05
+
+
+def test_settings_survive_another_page_and_the_model_source_toggle():
+    at = train_page()
+    at.radio(key="tr_source").set_value("Preset").run()
+    at.selectbox(key="tr_preset").select("course_nin").run()
+    at.number_input(key="tr_epochs").set_value(7).run()
+    at.number_input(key="tr_lr").set_value(0.05).run()
+    at.switch_page("pages/build.py").run()  # Streamlit drops the Train widgets' state here
+    at.switch_page("pages/train.py").run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="tr_epochs").value == 7
+    assert at.number_input(key="tr_lr").value == 0.05
+    assert at.selectbox(key="tr_preset").value == "course_nin"
+    # The Build page's model hides the preset box; changing a setting then must not lose it.
+    at.radio(key="tr_source").set_value("Build page").run()
+    at.number_input(key="tr_epochs").set_value(2).run()
+    assert not at.exception, at.exception
+    at.radio(key="tr_source").set_value("Preset").run()
+    assert at.selectbox(key="tr_preset").value == "course_nin"
+    assert at.number_input(key="tr_epochs").value == 2
+
+
+def test_a_link_with_settings_out_of_range_says_so_and_keeps_the_defaults():
+    at = train_page({"tr_lr": "100", "tr_epochs": "1000", "tr_momentum": "nan",
+                     "tr_optimizer": "rmsprop", "tr_batch": "64"})
+    warning = at.warning[0].value
+    assert "tr_lr=100 (from 1e-06 to 10)" in warning
+    assert "tr_epochs=1000 (from 1 to 200)" in warning
+    assert "tr_momentum=nan" in warning and "tr_optimizer=rmsprop (one of sgd," in warning
+    assert "tr_batch" not in warning
+    # The defaults of the page (lr 0.1, 3 epochs, momentum 0.9, SGD); the valid batch stays.
+    assert at.number_input(key="tr_lr").value == 0.1
+    assert at.number_input(key="tr_epochs").value == 3
+    assert at.number_input(key="tr_momentum").value == 0.9
+    assert at.selectbox(key="tr_optimizer").value == "sgd"
+    assert at.number_input(key="tr_batch").value == 64
+
+
+def test_a_link_to_a_run_that_does_not_exist_says_so_and_leaves_the_url():
+    at = train_page({"run": "987654"})
+    assert not at.exception
+    assert any("There is no run 987654 on this server" in x.value for x in at.info)
+    assert "run" not in at.query_params
+
+
+def test_history_survives_a_stored_time_no_calendar_shows():
+    import sqlite3
+
+    from explorer.registry import get_preset
+    from explorer.runs import RunStore
+
+    store = RunStore()
+    spec = get_preset("course_lenet5").spec.to_dict()
+    run_id = store.create_run("from an old bug", spec, {"epochs": 1}, status="completed")
+    with sqlite3.connect(store.path) as conn:  # pandas' calendar ends in the year 2262
+        conn.execute("UPDATE runs SET created_at=1e20 WHERE id=?", (run_id,))
+    at = train_page()
+    assert not at.exception, at.exception
+    assert run_id in list(at.dataframe[0].value["id"])
+    store.delete_run(run_id)
+
+
+def test_deleting_a_live_run_keeps_it_with_a_sentence_and_deletes_the_others():
+    from explorer.registry import get_preset
+    from explorer.runs import RunStore
+
+    store = RunStore()
+    spec = get_preset("course_lenet5").spec.to_dict()
+    live = store.create_run("someone else's", spec, {"epochs": 1}, status="running")
+    done = store.create_run("finished", spec, {"epochs": 1}, status="completed")
+    at = train_page()
+    at.multiselect(key="tr_overlay").select(live).select(done).run()
+    next(b for b in at.button if b.label == "Delete 2 selected run(s)").click().run()
+    assert not at.exception, at.exception
+    assert any(f"Run {live} is still queued or training" in w.value for w in at.warning)
+    ids = [r["id"] for r in store.list_runs(limit=1000)]
+    assert live in ids and done not in ids
+    assert at.multiselect(key="tr_overlay").value == [live]
+    store.set_status(live, "stopped")
+    store.delete_run(live)

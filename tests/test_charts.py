@@ -56,8 +56,13 @@ def test_training_figures_carry_the_metrics():
     steps = pd.DataFrame({"step": [5, 10], "loss": [2.0, 1.0], "lr": [0.1, 0.05]})
     epochs = pd.DataFrame({"epoch": [1], "train_acc": [0.5], "test_acc": [0.6]})
     assert list(charts.loss_figure(steps).data[0].y) == [2.0, 1.0]
+    assert charts.loss_figure(steps.iloc[:1]).data[1].mode == "lines+markers"  # one point shows
     assert [t.name for t in charts.accuracy_figure(epochs).data] == ["train", "test"]
     assert list(charts.lr_figure(steps).data[0].y) == [0.1, 0.05]
     overlay = charts.overlay_figure({"a": epochs, "b": epochs.iloc[0:0]}, "test_acc", "epoch",
                                     "t")
     assert [t.name for t in overlay.data] == ["a"]  # a run without that metric is left out
+    # Accuracy stays on its 0–1 scale even for one epoch; the legend sits under the plot.
+    assert tuple(overlay.layout.yaxis.range) == (0, 1.02)
+    assert overlay.layout.legend.y < 0 and overlay.layout.legend.yanchor == "top"
+    assert overlay.layout.xaxis.dtick == 1  # epochs are whole numbers

@@ -139,6 +139,22 @@ def test_missing_files_name_the_directory_the_files_and_the_offline_default(tmp_
     assert IDX[3] in str(info.value) and IDX[0] not in str(info.value)
 
 
+def test_a_blank_data_directory_means_the_default_not_the_working_directory(
+        tmp_path, monkeypatch):
+    home, cwd = tmp_path / "env-dir", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("EXPLORER_DATA_DIR", str(home))
+    for blank in ("", "   "):
+        with pytest.raises(ConfigError) as info:
+            load_dataset("fashion-mnist", data_dir=blank, download=False)
+        assert str((home / "FashionMNIST" / "raw").resolve()) in str(info.value)
+    arrays = write_idx(home / "MNIST" / "raw", n_train=5, n_test=3, packed=False)
+    ds = load_dataset("mnist", data_dir=" ")
+    assert np.array_equal(ds.train_labels.numpy(), arrays[IDX[1]])
+    assert list(cwd.iterdir()) == []  # nothing was created where the server runs
+
+
 def test_missing_cifar_names_the_archive(tmp_path):
     with pytest.raises(ConfigError, match="cifar-10-python.tar.gz") as info:
         load_dataset("cifar10", data_dir=tmp_path)

@@ -129,6 +129,10 @@ MALFORMED = {
     "bad config": lambda d: {**d, "config": {**d["config"], "lr": -1}},
     "unknown status": lambda d: {**d, "status": "finished"},
     "bad time": lambda d: {**d, "created_at": "yesterday"},
+    # 1e20 s is far beyond any calendar pandas (or a person) can show; 2200-01-01 is the bound.
+    "time in the year 3e12": lambda d: {**d, "created_at": 1e20},
+    "time before 1970": lambda d: {**d, "finished_at": -1.0},
+    "time in 2200": lambda d: {**d, "started_at": 7_258_118_400},
     "metrics not a list": lambda d: {**d, "metrics": {"step": 1}},
     # Valid up to the very last metric row, which must still stop the whole import.
     "last metric bad": lambda d: {**d, "metrics": d["metrics"] + [
@@ -277,6 +281,28 @@ def test_stop_by_job_id_for_a_running_and_a_queued_job(manager, store):
     assert snap.status == "stopped" and snap.step >= 10  # kept what it measured
     assert store.get_run(first)["status"] == "stopped"
     assert manager.stop(first) is False  # already finished
+
+
+def test_a_running_job_reads_stopping_until_its_step_in_flight_ends(manager, store):
+    """A big model on the CPU can spend a minute in one step: the page says "stopping"."""
+    in_step, finish_step = threading.Event(), threading.Event()
+
+    class SlowStep:
+        def on_step_end(self, ctx, metrics):
+            in_step.set()
+            assert finish_step.wait(20)
+
+    job = manager.submit("slow", SPEC, TrainConfig(batch_size=16, epochs=3, device="cpu"), tiny,
+                         (1, 8, 8), synthetic(), callbacks=[SlowStep()])
+    assert in_step.wait(20)
+    assert manager.get(job).stopping is False
+    assert manager.stop(job) is True
+    snap = manager.get(job)
+    assert snap.status == "running" and snap.stopping is True
+    finish_step.set()
+    snap = manager.wait(job, timeout=10)
+    assert snap.status == "stopped" and snap.stopping is False
+    assert manager.get(job).stopping is False
 
 
 def test_a_failing_job_is_marked_failed_and_the_next_one_runs(manager, store):
