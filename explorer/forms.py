@@ -2,12 +2,14 @@
 
 ``form_fields(cls)`` describes each field of a spec class (kind, label, help, range, table
 columns); ``rows_to_frame`` / ``frame_to_rows`` convert arch tuples to and from the editable
-tables; ``book_notation`` writes a tuple as the book writes it, for copying.
+tables; ``book_notation`` writes a tuple as the book writes it, for copying; ``md_escape`` and
+``code_span`` put text a student typed into a Markdown message so that it shows as typed.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import typing
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -165,3 +167,25 @@ BOOK_ORDER_NOTE: dict[type, str] = {
     ConvLayer: "(out_channels, kernel, stride, padding, max pool after)",
     Inception: "(c1, c2a, c2b, c3a, c3b, c4): 1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool proj",
 }
+
+
+# Characters that start Markdown (CommonMark, plus Streamlit's $math$ and :color[...]) inline.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>$~|&#])")
+
+
+def md_escape(text: str) -> str:
+    """``text`` with a backslash before every character Markdown would read as markup."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def code_span(text: str) -> str:
+    """``text`` as an inline Markdown code span that shows it verbatim, backticks included.
+
+    CommonMark closes a code span only at a backtick run as long as the opening one, and drops
+    one space at each end when both are there; so the fence is one backtick longer than the
+    longest run inside, and padded with a space when the text touches a backtick or a space.
+    """
+    runs = [len(r) for r in re.findall(r"`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"

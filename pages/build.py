@@ -14,8 +14,10 @@ from explorer.export import table_csv, to_onnx_bytes, to_pytorch_source
 from explorer.forms import (
     BOOK_ORDER_NOTE,
     book_notation,
+    code_span,
     form_fields,
     frame_to_rows,
+    md_escape,
     rows_to_frame,
 )
 from explorer.models import BUILDERS, build
@@ -84,13 +86,20 @@ def initial_load() -> None:
     params = st.query_params.to_dict()
     try:
         if "family" in params:
-            load(spec_from_query(params), params.get("preset") or None)
+            spec = spec_from_query(params)
+            # A spec that parses can still be too large to build; there is no earlier model
+            # to fall back on yet, so check it now (cached: the page reuses the result).
+            analysis_for(spec.to_json(None))
+            # A preset of another family (a hand-made link) would caption the wrong model.
+            preset = params.get("preset")
+            load(spec, preset if preset in PRESETS and PRESETS[preset].spec.family == spec.family
+                 else None)
             return
         if "preset" in params:
             load(get_preset(params["preset"]).spec, params["preset"])
             return
     except ConfigError as exc:
-        state["build_url_error"] = f"The link's model could not be read: {exc}"
+        state["build_url_error"] = f"The link's model could not be read: {md_escape(str(exc))}"
     load(get_preset(DEFAULT_PRESET).spec, DEFAULT_PRESET)
 
 
@@ -111,10 +120,14 @@ def table_widget(f, value) -> object:
     try:
         rows = frame_to_rows(f, edited)
     except ConfigError as exc:
-        state["build_table_error"] = str(exc)
+        state["build_table_error"] = md_escape(str(exc))
         return value
     key = f"txt_{f.name}"
-    state[key] = book_notation(rows)
+    kept = state.get("build_paste_kept")
+    if kept and kept[0] == f.name:  # a paste that failed stays in the box, to be fixed there
+        state[key] = state.pop("build_paste_kept")[1]
+    else:
+        state[key] = book_notation(rows)
     st.text_input(f"As a tuple{' ' + note if note else ''}: copy it, or paste one and press "
                   f"Enter", key=key, on_change=on_paste, args=(f.name,))
     return rows
@@ -124,17 +137,22 @@ def on_paste(name: str) -> None:
     """Read a pasted tuple (Python literal syntax only, never eval) into the table."""
     text = state.get(f"txt_{name}", "")
     cls = SPEC_TYPES[state["build_family"]]
+    example = code_span("((1, 64), (2, 128))")
     try:
         value = ast.literal_eval(text)
         state[f"t_{name}"] = coerce_field(cls, name, value)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        state["build_paste_error"] = (f"Could not read {text!r} as a tuple; write it like "
-                                      f"((1, 64), (2, 128)).")
-        return
+    # ConfigError subclasses ValueError: catch it first, its sentence names the bad value.
     except ConfigError as exc:
-        state["build_paste_error"] = f"The pasted tuple does not fit: {exc}"
+        state["build_paste_error"] = f"The pasted tuple does not fit: {md_escape(str(exc))}"
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        shown = text if len(text) <= 80 else text[:79] + "…"
+        state["build_paste_error"] = (
+            f"Could not read {code_span(shown)} as a tuple; write it like {example}."
+            if text.strip() else f"The box is empty; write a tuple like {example}.")
+    else:
+        state["build_version"] += 1
         return
-    state["build_version"] += 1
+    state["build_paste_kept"] = (name, text)
 
 
 def spec_widgets(cls) -> dict:
@@ -303,8 +321,11 @@ with left:
     cls = SPEC_TYPES[state["build_family"]]
     state.pop("build_table_error", None)
     data = spec_widgets(cls)
+    state.pop("build_paste_kept", None)  # a table that could not be read drew no text box
 
-error = state.pop("build_table_error", None) or state.pop("build_paste_error", None)
+# Both are popped, so that neither outlives this run.
+table_error, paste_error = (state.pop(k, None) for k in ("build_table_error", "build_paste_error"))
+error = table_error or paste_error
 spec = None
 if error is None:
     try:
@@ -312,18 +333,18 @@ if error is None:
         spec_json = spec.to_json(None)
         analysis = analysis_for(spec_json)
     except ConfigError as exc:
-        error, spec = str(exc), None
+        error, spec = md_escape(str(exc)), None
 
-preset = None
 if spec is not None:
-    # The preset's name stays only while the spec is unchanged; edits make it "your variant".
-    preset = loaded if loaded and spec == PRESETS[loaded].spec else None
     state[SPEC_KEY] = state["build_good"] = spec_json
-    sync_query(spec.to_query() | ({"preset": preset} if preset else {}))
 else:
     spec_json = state.get("build_good") or state[SPEC_KEY]
     spec = spec_from_json(spec_json)
     analysis = analysis_for(spec_json)
+# The preset's name stays only while the model shown is unchanged; edits make it "your variant".
+preset = loaded if loaded and spec == PRESETS[loaded].spec else None
+if not error:
+    sync_query(spec.to_query() | ({"preset": preset} if preset else {}))
 
 with top:
     headline(analysis)
@@ -357,5 +378,5 @@ with right:
 with left:
     if spec.family in ("resnet", "resnext") and spec.block == "bottleneck":
         resnext_groups(spec)
-    if loaded and preset is None:
+    if loaded and (preset is None or error):
         st.button(f"Reset to {loaded}", on_click=on_preset)

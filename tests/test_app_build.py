@@ -1,12 +1,13 @@
 """AppTest of the Build page: every family renders, presets fill widgets, edits change numbers."""
 
+import re
 from pathlib import Path
 
 import pytest
 import torchvision
 from streamlit.testing.v1 import AppTest
 
-from explorer.registry import get_preset
+from explorer.registry import DEFAULT_PRESET, get_preset
 from explorer.specs import FAMILIES, SPEC_TYPES
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -148,3 +149,114 @@ def test_the_model_survives_a_visit_to_another_page():
     assert not at.exception and not at.error
     assert by_key(at.number_input, "f_growth_rate").value == 12
     assert metric(at, "Parameters").help == params
+
+
+# ---- links and pastes that used to break the page (review findings 4, 5, 13, 14) ----------------
+
+def unescape(markdown: str) -> str:
+    """What a CommonMark renderer shows for backslash escapes: the ASCII punctuation alone."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+def heading(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("#### "))
+
+
+def test_an_oversized_link_is_a_warning_and_the_default_preset_is_shown():
+    # 2 stages of 64 basic blocks at 8192 channels: each block holds two 3×3 convs of
+    # 9·8192² ≈ 604 M weights, so 128 blocks hold ≈ 128·2·9·8192² = 154,619 M parameters (the
+    # first block of stage 1 starts from 64 channels, a 0.4 % change), far above the 250 M
+    # that SizeLimits admits.
+    at = fresh({"family": "resnet", "stages": "[[64,8192],[64,8192]]"})
+    assert not at.exception, at.exception
+    assert not at.error
+    warning = unescape(at.warning[0].value)
+    prefix = "The link's model could not be read: this model has "
+    suffix = " M parameters, above the limit of 250 M; use fewer or narrower layers."
+    assert warning.startswith(prefix) and warning.endswith(suffix), warning
+    millions = float(warning[len(prefix):-len(suffix)].replace(",", ""))
+    assert millions == pytest.approx(128 * 2 * 9 * 8192**2 / 1e6, rel=0.01)
+    assert by_key(at.selectbox, "build_preset").value == DEFAULT_PRESET
+    assert heading(at) == f"#### {DEFAULT_PRESET} · ResNet on 1×96×96"
+    assert metric(at, "Receptive field").value == "435 px"  # the course ResNet-18 (see above)
+    assert at.query_params["stages"] != "[[64,8192],[64,8192]]"
+
+
+def test_a_link_over_the_activation_limit_is_a_warning():
+    # One NiN block of 256 channels (3×3, padding 1) on 1×1024×1024: its three convs and three
+    # ReLUs each output 256·1024² float32 numbers, 1 GiB apiece; then maxpool(3, 2) and dropout,
+    # 256·511²·4 B = 0.249 GiB each, and the head block's six outputs of 10·511²·4 B, 0.058 GiB:
+    # 6 + 2·0.249 + 0.058 = 6.56 GiB, above the 1 GiB that SizeLimits admits.
+    at = fresh({"family": "nin", "blocks": "[[256,3,1,1,0]]", "input_shape": "[1,1024,1024]"})
+    assert not at.exception, at.exception
+    assert not at.error
+    assert unescape(at.warning[0].value) == (
+        "The link's model could not be read: one image through this model needs 6.56 GiB of "
+        "activations, above the limit of 1.00 GiB; use a smaller input or fewer channels.")
+    assert by_key(at.selectbox, "build_preset").value == DEFAULT_PRESET
+    assert heading(at) == f"#### {DEFAULT_PRESET} · ResNet on 1×96×96"
+
+
+@pytest.mark.parametrize(("text", "sentence"), [
+    ("((-1,64),(2,128))", "stages[1] num_blocks is -1; it must be between 1 and 64."),
+    ("((1,0),(2,128))", "stages[1] channels is 0; it must be between 1 and 8192."),
+    ("()", "stages needs at least 1 entry; add a row."),
+    ("((1,64.5),)", "stages[1] channels must be a whole number, not 64.5."),
+])
+def test_a_well_formed_paste_with_a_bad_value_says_what_is_wrong(text, sentence):
+    at = fresh()
+    params = metric(at, "Parameters").help
+    by_key(at.text_input, "txt_stages").set_value(text).run()
+    assert not at.exception, at.exception
+    assert unescape(at.error[0].value) == (f"The pasted tuple does not fit: {sentence} The last "
+                                           f"model that worked is shown below.")
+    # The pasted text stays in the box to be fixed in place; the model and its name stay too.
+    assert by_key(at.text_input, "txt_stages").value == text
+    assert metric(at, "Parameters").help == params
+    assert heading(at) == "#### course_resnet18 · ResNet on 1×96×96"
+    by_key(at.text_input, "txt_stages").set_value("((1, 64), (1, 128))").run()
+    assert not at.exception and not at.error
+    assert by_key(at.text_input, "txt_stages").value == "((1, 64), (1, 128))"
+    assert heading(at) == "#### course_resnet18_edited · ResNet on 1×96×96"
+
+
+def test_the_pasted_text_is_shown_as_code_not_markdown():
+    at = fresh()
+    by_key(at.text_input, "txt_stages").set_value("__import__('os')").run()
+    assert not at.exception
+    # Inside a code span Markdown shows the text as typed: no bold "import".
+    assert at.error[0].value == ("Could not read `__import__('os')` as a tuple; write it like "
+                                 "`((1, 64), (2, 128))`. The last model that worked is shown "
+                                 "below.")
+    assert by_key(at.text_input, "txt_stages").value == "__import__('os')"
+    assert heading(at) == "#### course_resnet18 · ResNet on 1×96×96"
+
+
+def test_a_value_echoed_from_a_paste_is_escaped():
+    at = fresh()
+    by_key(at.text_input, "txt_stages").set_value("(('__x__', 64),)").run()
+    assert not at.exception
+    assert "\\_\\_x\\_\\_" in at.error[0].value
+    assert unescape(at.error[0].value).startswith(
+        "The pasted tuple does not fit: stages[1] num_blocks must be a whole number, not "
+        "'__x__'.")
+
+
+@pytest.mark.parametrize("preset", ["course_resnet18", "no_such_preset"])
+def test_a_link_whose_preset_is_another_family_drops_the_preset(preset):
+    at = fresh({"family": "vgg", "preset": preset})
+    assert not at.exception, at.exception
+    assert by_key(at.selectbox, "build_preset").value is None
+    assert by_key(at.selectbox, "build_family").value == "vgg"
+    assert heading(at).startswith("#### my_vgg · VGG on ")
+    assert not any("ResNet" in c.value for c in at.caption)
+    assert not any(b.label.startswith("Reset to") for b in at.button)
+    assert "preset" not in at.query_params
+
+
+def test_a_link_with_its_own_preset_keeps_it():
+    spec = get_preset("course_densenet").spec
+    at = fresh({**spec.to_query(), "preset": "course_densenet"})
+    assert not at.exception
+    assert by_key(at.selectbox, "build_preset").value == "course_densenet"
+    assert heading(at).startswith("#### course_densenet · DenseNet on ")

@@ -1,9 +1,18 @@
 """Spec ↔ widget helpers: tables with named columns and the book's tuple notation."""
 
+import re
+
 import pytest
 
 from explorer.errors import ConfigError
-from explorer.forms import book_notation, form_fields, frame_to_rows, rows_to_frame
+from explorer.forms import (
+    book_notation,
+    code_span,
+    form_fields,
+    frame_to_rows,
+    md_escape,
+    rows_to_frame,
+)
 from explorer.specs import GoogLeNetSpec, VGGSpec
 
 
@@ -32,3 +41,37 @@ def test_an_empty_cell_is_a_sentence():
     frame.loc[1, "out channels"] = None
     with pytest.raises(ConfigError, match="row 2, out channels is empty"):
         frame_to_rows(fields["arch"], frame)
+
+
+# What a student may paste into the tuple box: Markdown emphasis, links, math, Streamlit colour
+# directives, HTML, entities and backtick runs of every length.
+NASTY = ["__import__('os')", "*a* _b_ **c**", "[x](http://e.com)", "$x^2$", ":red[alarm]",
+         "<b>hi</b>", "&lt;", "a`b", "``x``", "`", " lead", "trail ", "\\*", "# h", "~~s~~|t|"]
+
+
+def read_code_span(markdown: str) -> str:
+    """The text a CommonMark renderer shows for a string that is one code span (spec 6.1)."""
+    fence = re.match(r"`+", markdown).group()
+    assert markdown.endswith(fence) and len(markdown) > 2 * len(fence)
+    inner = markdown[len(fence):-len(fence)]
+    # The closing run must be exactly as long as the opening one: no run of that length inside.
+    assert all(len(run) != len(fence) for run in re.findall(r"`+", inner))
+    assert not inner.endswith("`")
+    if inner.startswith(" ") and inner.endswith(" ") and inner.strip(" "):
+        inner = inner[1:-1]
+    return inner
+
+
+@pytest.mark.parametrize("text", NASTY)
+def test_a_code_span_shows_the_text_as_typed(text):
+    assert read_code_span(code_span(text)) == text
+
+
+@pytest.mark.parametrize("text", NASTY)
+def test_escaped_text_reads_back_and_leaves_no_markup(text):
+    escaped = md_escape(text)
+    # CommonMark shows a backslash-escaped ASCII punctuation character as itself (spec 2.4).
+    assert re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", escaped) == text
+    # Every character that starts inline markup is escaped.
+    unescaped = re.sub(r"\\.", "", escaped)
+    assert not set(unescaped) & set("\\`*_[]<>$~|&#"), unescaped
