@@ -18,7 +18,6 @@ from plotly.subplots import make_subplots
 
 from explorer.analysis import Analysis
 from explorer.charts import _layout, group_totals
-from explorer.convmath import stacked_receptive_field
 from explorer.errors import ConfigError
 from explorer.layers import Layer, MetaPass, meta_pass, pair_text
 from explorer.registry import PRESETS
@@ -523,22 +522,6 @@ def sliding_window_figure(height: int, width: int, kernel: tuple[int, int],
     return _layout(fig, text, 460)
 
 
-def stacking_table(kernel: int, layers: int, stride: int = 1, dilation: int = 1,
-                   channels: int = 64) -> pd.DataFrame:
-    """Receptive field of 1..L stacked K×K convs, and their weights against one conv that
-    sees as much (c input and c output channels, biases left out; LECTURES.md)."""
-    rows = []
-    for n in range(1, layers + 1):
-        rf = stacked_receptive_field(kernel, n, stride, dilation)
-        stacked = n * kernel * kernel * channels * channels
-        single = rf * rf * channels * channels
-        rows.append({"layers": n, "receptive field": f"{rf}×{rf}",
-                     "weights of the stack": stacked,
-                     "one conv that sees as much": f"{rf}×{rf}: {single:,}",
-                     "stack / single": f"{100 * stacked / single:.0f}%"})
-    return pd.DataFrame(rows)
-
-
 def groups_figure(c_in: int, c_out: int, kernel: tuple[int, int], groups: int) -> go.Figure:
     """Weights per output pixel, C_in·C_out·K_h·K_w / g, for every g that divides both widths."""
     options = [g for g in range(1, min(c_in, c_out) + 1) if c_in % g == 0 and c_out % g == 0]
@@ -562,4 +545,4 @@ __all__ = ["CATEGORY_TITLES", "Layer", "MetaPass", "TOTAL_ROWS", "align",
            "differences_summary", "groups_figure", "macs_params_scatter", "meta_pass",
            "param_location", "param_location_figure", "params_per_stage_figure",
            "preset_points", "short_bytes", "short_count", "sliding_window_figure",
-           "stacking_table", "totals_table", "window_cells"]
+           "totals_table", "window_cells"]

@@ -145,6 +145,34 @@ def stacked_receptive_field(kernel: int, layers: int, stride: int = 1, dilation:
     return rf
 
 
+def stacked_receptive_field_hw(kernel: int | tuple[int, int], layers: int, stride: int = 1,
+                               dilation: int = 1) -> tuple[int, int]:
+    """Receptive field (height, width) of ``layers`` identical K_h×K_w convs, side by side.
+
+    Each side grows on its own: 1 + L(K-1) per side at stride 1, so two 3×7 convs see 5×13.
+    """
+    kh, kw = _pair(kernel, "kernel")
+    return (stacked_receptive_field(kh, layers, stride, dilation),
+            stacked_receptive_field(kw, layers, stride, dilation))
+
+
+def stacking_rows(kernel: int | tuple[int, int], layers: int, stride: int = 1,
+                  dilation: int = 1, channels: int = 64) -> list[dict]:
+    """Receptive field of 1..L stacked K_h×K_w convs, and their weights against one conv that
+    sees as much (c input and c output channels, biases left out; LECTURES.md)."""
+    kh, kw = _pair(kernel, "kernel")
+    rows = []
+    for n in range(1, layers + 1):
+        rh, rw = stacked_receptive_field_hw((kh, kw), n, stride, dilation)
+        stacked = n * kh * kw * channels * channels
+        single = rh * rw * channels * channels
+        rows.append({"layers": n, "receptive field": f"{rh}×{rw}",
+                     "weights of the stack": stacked,
+                     "one conv that sees as much": f"{rh}×{rw}: {single:,}",
+                     "stack / single": f"{100 * stacked / single:.0f}%"})
+    return rows
+
+
 def stacked_vs_single(kernel: int = 3, layers: int = 2, channels: int = 64) -> dict[str, float]:
     """L stacked K×K convs against the single conv with the same receptive field (weights only).
 

@@ -12,7 +12,13 @@ from explorer.errors import ConfigError
 from explorer.models import validate
 from explorer.registry import get_preset
 from explorer.training import TrainConfig
-from pages.common import current_spec, fmt_bytes, get_manager, job_fragment_interval
+from pages.common import (
+    current_spec,
+    fmt_bytes,
+    get_manager,
+    job_fragment_interval,
+    restore_widgets,
+)
 
 state = st.session_state
 VIEWS = {"stats": "Statistics during training", "experiment": "LeNet ± BN", "scratch":
@@ -22,6 +28,26 @@ BUILD = "Build page"
 FOLD_CHOICES = ("course_resnet18", "course_bn_lenet", "course_resnext", "course_densenet",
                 "course_resnet_3x4_28", "resnet18", "resnet50", "densenet121", "googlenet")
 MAX_LIVE = 50  # recorders of this server's runs kept in memory (older ones reopen from the store)
+# Every section's controls and their first values (the keys are session-state keys; the data
+# directories are added by defaults()).
+DEFAULTS = {
+    "bn_view": "stats",
+    "bn_model": "course_bn_lenet", "bn_data": OFFLINE, "bn_epochs": 3, "bn_batch": 128,
+    "bn_lr": 0.1, "bn_every": "auto",
+    "bn_exp_data": OFFLINE, "bn_exp_epochs": bn_lab.EXPERIMENT_EPOCHS, "bn_exp_seed": 0,
+    "bn_sc_layout": "N×C×H×W", "bn_sc_n": 8, "bn_sc_steps": 5, "bn_sc_scale": 1.0,
+    "bn_sc_seed": 0,
+    "bn_md_batch": 64, "bn_md_example": 0,
+    "bn_fold_model": FOLD_CHOICES[0],
+    "bn_nm_n": 3, "bn_nm_c": 6, "bn_nm_h": 2, "bn_nm_w": 2, "bn_nm_kind": "batch",
+}
+# Streamlit forgets a widget's value when a run does not draw it (another page, or another
+# section of this one); a plain copy made at the end of every run brings it back.
+KEPT = (*DEFAULTS, "bn_dir", "bn_exp_dir", "bn_run", "bn_layer", "bn_nm_g")
+SAVED = "bn_saved"
+DRAWN: set[str] = set()  # the keys of KEPT whose widgets this run draws (see write_url)
+URL_KEYS = ("bn_view", "bn_run", "bn_layer", "bn_exp")
+WRITTEN = "bn_url_written"  # the URL this page wrote last: a different one is a new link
 
 
 # ---- shared, cached resources -------------------------------------------------------------------
@@ -61,8 +87,17 @@ def demo():
 
 # ---- URL state ----------------------------------------------------------------------------------
 
+def defaults() -> dict:
+    return DEFAULTS | {"bn_dir": str(default_data_dir()), "bn_exp_dir": str(default_data_dir())}
+
+
 def first_load() -> None:
-    """Section, run, layer and experiment from the URL (a teacher's link), else defaults."""
+    """Section, run, layer and experiment from the URL (a teacher's link); the settings the
+    link does not name keep their values in this session, else their defaults."""
+    restore_widgets(SAVED)
+    for key, value in defaults().items():
+        if key not in state:
+            state[key] = value
     params = st.query_params.to_dict()
     state["bn_view"] = params.get("bn_view") if params.get("bn_view") in VIEWS else "stats"
     if str(params.get("bn_run", "")).isdigit():
@@ -72,21 +107,57 @@ def first_load() -> None:
     parts = str(params.get("bn_exp", "")).split(",")
     if len(parts) == 2 and all(p.isdigit() for p in parts):
         state["bn_exp"] = bn_lab.Experiment(int(parts[0]), int(parts[1]))
-    state["bn_model"] = "course_bn_lenet"
-    state["bn_data"] = OFFLINE
-    state["bn_dir"] = str(default_data_dir())
-    state["bn_loaded"] = True
+
+
+def url_is_new() -> bool:
+    url = {k: v for k, v in st.query_params.to_dict().items() if k in URL_KEYS}
+    return bool(url) and url != state.get(WRITTEN)
+
+
+def forget(key: str) -> None:
+    """Drop a value for good (restore_widgets would otherwise bring the saved copy back)."""
+    state.pop(key, None)
+    state.get(SAVED, {}).pop(key, None)
+
+
+def kept(key: str) -> str:
+    """A widget's key (one of KEPT), noted as drawn in this run."""
+    DRAWN.add(key)
+    return key
+
+
+def keep(key: str, value) -> None:
+    """Save and link a value chosen inside a fragment, whose reruns skip the page's end."""
+    state.setdefault(SAVED, {})[key] = value
+    if key in URL_KEYS:
+        st.query_params[key] = str(value)
+        state.setdefault(WRITTEN, {})[key] = str(value)
 
 
 def write_url() -> None:
-    params = {"bn_view": state["bn_view"]}
+    """Save every control (see KEPT) and put the section, run, layer and experiment in the URL."""
+    state[SAVED] = state.get(SAVED, {}) | {k: state[k] for k in KEPT if k in state}
+    # A value set before its widget was first drawn (by first_load, or restore_widgets for
+    # another section) outlives that widget in Streamlit and would come back, stale, when the
+    # widget is next dropped; delete what this run did not draw, restore_widgets puts it back.
+    undrawn = [k for k in KEPT if k not in DRAWN and k in state]
+    wanted = {"bn_view": state["bn_view"]}
     if state.get("bn_run") is not None:
-        params["bn_run"] = str(state["bn_run"])
+        wanted["bn_run"] = str(state["bn_run"])
     if state.get("bn_layer"):
-        params["bn_layer"] = state["bn_layer"]
+        wanted["bn_layer"] = state["bn_layer"]
     if state.get("bn_exp") is not None:
-        params["bn_exp"] = f"{state['bn_exp'].bn_run},{state['bn_exp'].plain_run}"
-    st.query_params.update(params)
+        wanted["bn_exp"] = f"{state['bn_exp'].bn_run},{state['bn_exp'].plain_run}"
+    current = st.query_params.to_dict()
+    for key in URL_KEYS:
+        if key in current and key not in wanted:
+            del st.query_params[key]
+    for key, value in wanted.items():
+        if current.get(key) != value:
+            st.query_params[key] = value
+    state[WRITTEN] = wanted
+    for key in undrawn:
+        del state[key]
 
 
 def chosen_dataset(prefix: str = "bn"):
@@ -122,23 +193,23 @@ def start_recording() -> None:
         return
     remember(job, recorder)
     state["bn_run"] = job
-    state.pop("bn_layer", None)
+    forget("bn_layer")
 
 
 def record_panel() -> None:
     with st.expander("Record a new run", expanded=not bn_lab.recorded_runs(get_manager().store)):
-        st.selectbox("Model (with batch norm)", [*bn_preset_names(), BUILD], key="bn_model",
+        st.selectbox("Model (with batch norm)", [*bn_preset_names(), BUILD], key=kept("bn_model"),
                      help="Every preset with BN layers, or the network on the Build page")
-        st.selectbox("Data", list(DATASETS), key="bn_data",
+        st.selectbox("Data", list(DATASETS), key=kept("bn_data"),
                      format_func=lambda k: DATASETS[k].title)
         if state["bn_data"] != OFFLINE:
-            st.text_input("Data directory", key="bn_dir",
+            st.text_input("Data directory", key=kept("bn_dir"),
                           help="Where torchvision's files lie (also $EXPLORER_DATA_DIR)")
         c1, c2, c3 = st.columns(3)
-        c1.number_input("Epochs", 1, 50, 3, key="bn_epochs")
-        c2.number_input("Batch", 2, 1024, 128, key="bn_batch")
-        c3.number_input("lr", 1e-4, 5.0, 0.1, key="bn_lr", format="%.3f")
-        st.selectbox("Record every … steps", ["auto", 1, 5, 10, 50, 100], key="bn_every",
+        c1.number_input("Epochs", 1, 50, key=kept("bn_epochs"))
+        c2.number_input("Batch", 2, 1024, key=kept("bn_batch"))
+        c3.number_input("lr", 1e-4, 5.0, key=kept("bn_lr"), format="%.3f")
+        st.selectbox("Record every … steps", ["auto", 1, 5, 10, 50, 100], key=kept("bn_every"),
                      help="auto: every 10th step or less often, so that recording costs under "
                           "5% of the training time and a run keeps under 200 columns and 8 MB; "
                           "1 shows every step of a short run")
@@ -166,8 +237,8 @@ def run_picker() -> int | None:
               for r in runs}
     if state.get("bn_run") is None:
         state["bn_run"] = ids[0]
-    st.selectbox("Run", ids, key="bn_run", format_func=lambda i: labels.get(i, f"#{i}"),
-                 on_change=lambda: state.pop("bn_layer", None))
+    st.selectbox("Run", ids, key=kept("bn_run"), format_func=lambda i: labels.get(i, f"#{i}"),
+                 on_change=lambda: forget("bn_layer"))
     return state["bn_run"]
 
 
@@ -227,8 +298,8 @@ def stats_panel(run_id: int) -> None:
         return f"{name} ({layers[name]} channels{shape})"
 
     c1, c2 = st.columns([1, 1.4])
-    layer = c1.selectbox("BN layer", list(layers), key="bn_layer", format_func=layer_label)
-    st.query_params["bn_layer"] = layer  # a layer chosen inside the live panel
+    layer = c1.selectbox("BN layer", list(layers), key=kept("bn_layer"), format_func=layer_label)
+    keep("bn_layer", layer)  # a layer chosen inside the live panel
     C = layers[layer]
     default = [c for c in state.get("bn_channels", [0, 1, 2]) if c < C] or [0]
     channels = c2.multiselect("Channels to follow", list(range(C)), default=default,
@@ -347,7 +418,7 @@ def apply_goto() -> None:
     run_id = state.pop("bn_goto", None)
     if run_id is not None:
         state["bn_view"], state["bn_run"] = "stats", run_id
-        state.pop("bn_layer", None)
+        forget("bn_layer")
 
 
 def experiment_panel(exp: bn_lab.Experiment) -> None:
@@ -399,15 +470,15 @@ def view_experiment() -> None:
                     "pooling, Xavier init) trained with plain SGD at **learning rate 1.0**, "
                     "batch 256, once with BN before every sigmoid and once without, on the same "
                     "data with the same seed.")
-        st.selectbox("Data", list(DATASETS), key="bn_exp_data",
+        st.selectbox("Data", list(DATASETS), key=kept("bn_exp_data"),
                      format_func=lambda k: DATASETS[k].title)
         if state["bn_exp_data"] != OFFLINE:
-            st.text_input("Data directory", key="bn_exp_dir")
+            st.text_input("Data directory", key=kept("bn_exp_dir"))
         c1, c2 = st.columns(2)
-        c1.number_input("Epochs", 1, 30, bn_lab.EXPERIMENT_EPOCHS, key="bn_exp_epochs",
+        c1.number_input("Epochs", 1, 30, key=kept("bn_exp_epochs"),
                         help="5 epochs of both runs: about 4 s on an idle CPU core (offline "
                              "digits); longer while the server is busy")
-        c2.number_input("Seed", 0, 2**31 - 1, 0, key="bn_exp_seed")
+        c2.number_input("Seed", 0, 2**31 - 1, key=kept("bn_exp_seed"))
         st.button("Train both", type="primary", on_click=start_experiment, width="stretch")
         if "bn_exp_error" in state:
             st.error(state.pop("bn_exp_error"))
@@ -454,15 +525,15 @@ def view_scratch() -> None:
                     "(`explorer.bn.batch_norm`), in four conventions, against PyTorch's "
                     "`nn.BatchNorm1d/2d` on the same input, the same γ and β, and the same "
                     "training steps.")
-        st.radio("Input", ["N×C×H×W", "N×D"], key="bn_sc_layout", horizontal=True,
+        st.radio("Input", ["N×C×H×W", "N×D"], key=kept("bn_sc_layout"), horizontal=True,
                  format_func={"N×C×H×W": "after a conv (N×3×4×4)",
                               "N×D": "after a linear layer (N×4)"}.get)
-        st.number_input("Batch size N", 2, 256, 8, key="bn_sc_n")
-        st.number_input("Training steps", 1, 50, 5, key="bn_sc_steps")
-        st.select_slider("Input scale", [1.0, 0.1, 0.01, 0.001], value=1.0, key="bn_sc_scale",
+        st.number_input("Batch size N", 2, 256, key=kept("bn_sc_n"))
+        st.number_input("Training steps", 1, 50, key=kept("bn_sc_steps"))
+        st.select_slider("Input scale", [1.0, 0.1, 0.01, 0.001], key=kept("bn_sc_scale"),
                          help="Multiply the input: a small σ makes (σ + ε) and √(σ² + ε) "
                               "disagree")
-        st.number_input("Seed", 0, 10_000, 0, key="bn_sc_seed")
+        st.number_input("Seed", 0, 10_000, key=kept("bn_sc_seed"))
     table, one = scratch_tables(state["bn_sc_layout"], state["bn_sc_n"], state["bn_sc_steps"],
                                 state["bn_sc_scale"], state["bn_sc_seed"])
     with right:
@@ -524,9 +595,8 @@ def view_modes() -> None:
         st.markdown("A BN-LeNet trained for 45 steps (lr 1.0) on the offline digits, fed the "
                     "same test batch in **eval mode** (running averages, `model.eval()`) and in "
                     "**training mode** (each BN layer uses this batch's own mean and variance).")
-        st.select_slider("Batch size", [2, 4, 8, 16, 32, 64, 128, 256], value=64,
-                         key="bn_md_batch")
-        st.number_input("Example to follow", 0, 255, 0, key="bn_md_example",
+        st.select_slider("Batch size", [2, 4, 8, 16, 32, 64, 128, 256], key=kept("bn_md_batch"))
+        st.number_input("Example to follow", 0, 255, key=kept("bn_md_example"),
                         help="Its position in the batch")
     n, ex = state["bn_md_batch"], state["bn_md_example"]
     with right:
@@ -538,11 +608,16 @@ def view_modes() -> None:
         top = st.columns(4)
         top[0].metric("Max |Δ output|", f"{r['max_abs_diff']:.2f}",
                       help="largest difference between the two modes' logits")
-        top[1].metric("Predictions that change", f"{r['pred_disagreement']:.0%}")
+        # Short labels: four metrics share the right column (about 165 px each at 1280 px).
+        top[1].metric("Disagreement", f"{r['pred_disagreement']:.0%}",
+                      help="share of the batch whose predicted class differs between the "
+                           "two modes")
         acc_eval = float((r["eval_pred"] == labels).mean())
         acc_train = float((r["train_pred"] == labels).mean())
-        top[2].metric("Accuracy, eval mode", f"{acc_eval:.0%}")
-        top[3].metric("Accuracy, training mode", f"{acc_train:.0%}")
+        top[2].metric("Accuracy, eval", f"{acc_eval:.0%}",
+                      help="eval mode: every BN layer uses its running averages")
+        top[3].metric("Accuracy, train", f"{acc_train:.0%}",
+                      help="training mode: every BN layer uses this batch's mean and variance")
         st.plotly_chart(bn_charts.train_vs_eval_scores(r, ex, int(labels[ex])), width="stretch")
         single = r["single"]
         st.markdown(
@@ -633,14 +708,16 @@ def timed(preset: str):
 def view_fold() -> None:
     left, right = st.columns([1, 2.3], gap="medium")
     with left:
-        st.selectbox("Model", FOLD_CHOICES, key="bn_fold_model")
+        st.selectbox("Model", FOLD_CHOICES, key=kept("bn_fold_model"))
         st.markdown("At test time BN is a fixed affine map per channel, y = s·x + t with "
                     "s = γ/√(σ² + ε) and t = β − μ·s. After a conv or linear layer "
                     "W·x + b it folds into it: W' = s·W, b' = s·b + t, and the BN layer "
                     "disappears (d2l §8.5).")
         st.caption("The model has random weights and randomised running statistics, γ and β "
                    "(as if trained), so the comparison is not trivial.")
-        measure = st.button("Time it on this CPU (8 images, a few seconds)", width="stretch")
+        measure = st.button("Time it on this CPU", width="stretch",
+                            help="A batch of 8 images through the original and the folded "
+                                 "model, 5 times each, alternately: a few seconds")
     result, spec = folded(state["bn_fold_model"])
     with right:
         top = st.columns(4)
@@ -687,14 +764,14 @@ def view_norms() -> None:
     left, right = st.columns([1, 2.3], gap="medium")
     with left:
         c1, c2 = st.columns(2)
-        c1.number_input("N (examples)", 1, 8, 3, key="bn_nm_n")
-        c2.number_input("C (channels)", 1, 12, 6, key="bn_nm_c")
-        c1.number_input("H", 1, 6, 2, key="bn_nm_h")
-        c2.number_input("W", 1, 6, 2, key="bn_nm_w")
+        c1.number_input("N (examples)", 1, 8, key=kept("bn_nm_n"))
+        c2.number_input("C (channels)", 1, 12, key=kept("bn_nm_c"))
+        c1.number_input("H", 1, 6, key=kept("bn_nm_h"))
+        c2.number_input("W", 1, 6, key=kept("bn_nm_w"))
         divisors = [g for g in range(1, state["bn_nm_c"] + 1) if state["bn_nm_c"] % g == 0]
         if state.get("bn_nm_g") not in divisors:
             state["bn_nm_g"] = divisors[len(divisors) // 2]
-        st.selectbox("Groups G (group norm)", divisors, key="bn_nm_g",
+        st.selectbox("Groups G (group norm)", divisors, key=kept("bn_nm_g"),
                      help="G must divide C")
         st.caption("Batch norm needs the batch (so training and eval differ); the other three "
                    "normalise each example on its own.")
@@ -717,7 +794,7 @@ def view_norms() -> None:
                  "max |hand − torch|": check[k]} for k, a in axes.items()]
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
             "max |hand − torch|": st.column_config.NumberColumn(format="%.1e")})
-        kind = st.radio("Means of", list(values), horizontal=True, key="bn_nm_kind",
+        kind = st.radio("Means of", list(values), horizontal=True, key=kept("bn_nm_kind"),
                         format_func=bn_charts.NORM_TITLES.get)
         st.dataframe(means_frame(kind, values[kind]["mean"]), width="stretch")
         st.caption("; ".join(f"{bn_charts.NORM_TITLES[k]}: `{a['torch']}` ({a['paper']})"
@@ -728,12 +805,12 @@ def view_norms() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-if "bn_loaded" not in state:
+if url_is_new() or not restore_widgets(SAVED):
     first_load()
 apply_goto()
 
 st.title("Batch norm")
-st.radio("Section", list(VIEWS), key="bn_view", horizontal=True, format_func=VIEWS.get,
+st.radio("Section", list(VIEWS), key=kept("bn_view"), horizontal=True, format_func=VIEWS.get,
          label_visibility="collapsed")
 {"stats": view_stats, "experiment": view_experiment, "scratch": view_scratch,
  "modes": view_modes, "batch": view_batch, "fold": view_fold, "norms": view_norms}[

@@ -137,8 +137,9 @@ def read_url() -> None:
     state["cmp_view"] = view
     for k in FLAGS:
         state[k] = params.get(k, "0") in ("1", "true")
-    if problems:
-        state["cmp_problem"] = "The link could not be used entirely: " + "; ".join(problems) + "."
+    if problems:  # one sentence: each reason loses its own full stop before the "; "
+        state["cmp_problem"] = ("The link could not be used entirely: "
+                                + "; ".join(p.rstrip(". ") for p in problems) + ".")
 
 
 def write_url() -> None:
@@ -196,10 +197,16 @@ def default_pair(chosen: list[str], options: list[str]) -> str:
     return f"{chosen[0]}|{chosen[1]}" if len(chosen) >= 2 else options[0]
 
 
-def controls() -> None:
+def models_box() -> None:
+    """The compared models, across the whole page: four long names fit on one line there, in
+    the narrow left column the fourth was cut off."""
     options = list(PRESETS) + [n for n in custom() if n not in PRESETS]
     st.multiselect("Models (2 to 4)", options, key="cmp_models", max_selections=MAX_MODELS,
-                   help="Presets by name; models you add below join this list.")
+                   help="Presets by name; models added on the left (the Build page's, a link, "
+                        "a spec file) join this list.")
+
+
+def controls() -> None:
     st.button("Add the model from the Build page", on_click=on_add_build,
               icon=":material/construction:", width="stretch")
     st.text_input("…or paste a link to a model", key="cmp_link", on_change=on_link,
@@ -356,6 +363,7 @@ if url_is_new() or not restore_widgets(SAVED):
     read_url()
 
 st.title("Compare networks")
+models_box()
 top = st.container()
 left_col, right_col = st.columns([1, 2.3], gap="medium")
 
@@ -379,8 +387,8 @@ with right_col:
     with top:
         headline(analyses)
     if len(chosen) < 2:
-        st.info("Pick at least two models to compare (at most four): presets in the box on the "
-                "left, the model from the Build page, a link, or a spec file.")
+        st.info("Pick at least two models to compare (at most four): presets in the Models box "
+                "above; the model from the Build page, a link or a spec file on the left.")
     view = state["cmp_view"]
     if view == "totals" and analyses:
         totals_tab(analyses)

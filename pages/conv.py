@@ -6,8 +6,14 @@ import html
 
 import streamlit as st
 
-from explorer.compare import groups_figure, sliding_window_figure, stacking_table
-from explorer.convmath import conv_layer, pool_layer, stacked_receptive_field, stacked_vs_single
+from explorer.compare import groups_figure, sliding_window_figure
+from explorer.convmath import (
+    conv_layer,
+    pool_layer,
+    stacked_receptive_field_hw,
+    stacked_vs_single,
+    stacking_rows,
+)
 from explorer.errors import ConfigError
 from pages.common import fmt_count, restore_widgets, shape_text
 
@@ -208,23 +214,31 @@ with right:
                            "(dilation); grey: zero padding.")
     if mode == "conv":
         with tabs[1]:
-            kh, layers = state["conv_kh"], state["conv_layers"]
+            kh, kw, layers = state["conv_kh"], state["conv_kw"], state["conv_layers"]
             st.slider("Stack L such layers", 1, 12, key="conv_layers")
-            rf = stacked_receptive_field(kh, layers, state["conv_s"], state["conv_d"])
+            rh, rw = stacked_receptive_field_hw((kh, kw), layers, state["conv_s"],
+                                                state["conv_d"])
             if state["conv_s"] == 1 and state["conv_d"] == 1:
-                st.markdown(f"### {layers} stacked {kh}×{kh} convs see 1 + L(K−1) = 1 + "
-                            f"{layers}·({kh}−1) = **{rf}×{rf}** pixels")
+                if kh == kw:
+                    st.markdown(f"### {layers} stacked {kh}×{kw} convs see 1 + L(K−1) = 1 + "
+                                f"{layers}·({kh}−1) = **{rh}×{rw}** pixels")
+                else:
+                    st.markdown(f"### {layers} stacked {kh}×{kw} convs see **{rh}×{rw}** "
+                                f"pixels")
+                    st.markdown(f"1 + L(K−1) on each side: height 1 + {layers}·({kh}−1) = "
+                                f"{rh}, width 1 + {layers}·({kw}−1) = {rw}.")
             else:
-                st.markdown(f"### {layers} stacked {kh}×{kh} convs see **{rf}×{rf}** pixels")
-                st.caption("Each layer adds d(K−1) × jump pixels, and the jump (the product of "
-                           "the strides so far) grows with every stride.")
+                st.markdown(f"### {layers} stacked {kh}×{kw} convs see **{rh}×{rw}** pixels")
+                st.caption("Each layer adds d(K−1) × jump pixels to the height (K = K_h) and "
+                           "to the width (K = K_w); the jump (the product of the strides so far) "
+                           "grows with every stride.")
             c = state["conv_out"]
             two = stacked_vs_single(3, 2, c)
             st.markdown(f"**Two 3×3 convs against one 5×5** (c = {c} channels in and out): "
                         f"2·9·c² = {two['stacked_weights']:,} weights against 25·c² = "
                         f"{two['single_weights']:,}, i.e. **{100 * two['ratio']:.0f}%**, for the "
                         f"same 5×5 view and one more non-linearity.")
-            st.dataframe(stacking_table(kh, layers, state["conv_s"], state["conv_d"], c),
+            st.dataframe(stacking_rows((kh, kw), layers, state["conv_s"], state["conv_d"], c),
                          hide_index=True, width="stretch",
                          column_config={"weights of the stack": st.column_config.NumberColumn(
                              format="localized")})

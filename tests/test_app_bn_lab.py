@@ -132,7 +132,7 @@ def test_the_understanding_sections_show_their_numbers():
 
     at.radio(key="bn_view").set_value("modes").run()
     assert not at.exception
-    assert metrics(at)["Predictions that change"].endswith("%")
+    assert metrics(at)["Disagreement"].endswith("%")
     assert any("Expected more than 1 value per channel" in w.value for w in at.warning)
 
     at.radio(key="bn_view").set_value("batch").run()
@@ -175,3 +175,97 @@ def test_user_mistakes_are_sentences(tmp_path):
     at.number_input(key="bn_md_example").set_value(20).run()
     assert not at.exception
     assert any("Example 20 is not in a batch of 8" in e.value for e in at.error)
+
+
+CONV = str(Path(PAGE).parent / "conv.py")
+# A navigation like app.py's with this page and another one (absolute paths).
+NAV = f"""
+import streamlit as st
+pages = [st.Page({PAGE!r}, title="Batch norm", default=True, url_path="bn_lab"),
+         st.Page({CONV!r}, title="Conv arithmetic", url_path="conv")]
+st.navigation(pages).run()
+"""
+
+
+def qp(at: AppTest, key: str) -> str:
+    value = at.query_params[key]
+    return value[-1] if isinstance(value, list) else value
+
+
+def test_the_section_and_settings_survive_another_page():
+    at = AppTest.from_string(NAV, default_timeout=120)
+    at.query_params["bn_view"] = "fold"
+    at.run()
+    assert not at.exception and at.radio(key="bn_view").value == "fold"
+    at.selectbox(key="bn_fold_model").select("course_bn_lenet").run()
+    assert not at.exception
+    at.switch_page(CONV).run()
+    assert not at.exception and at.title[0].value == "Conv arithmetic"
+    for key in list(at.query_params):  # the sidebar's navigation clears the URL
+        del at.query_params[key]
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert at.title[0].value == "Batch norm"
+    assert at.radio(key="bn_view").value == "fold" and qp(at, "bn_view") == "fold"
+    assert at.selectbox(key="bn_fold_model").value == "course_bn_lenet"
+    # BN-LeNet has 4 BN layers (2 after convs, 2 after linear layers), each after the layer
+    # it folds into.
+    assert metrics(at)["BN layers folded"] == "4"
+
+
+def test_settings_survive_switching_sections():
+    at = bn_page({"bn_view": "experiment"})
+    at.number_input(key="bn_exp_epochs").set_value(1).run()
+    at.number_input(key="bn_exp_seed").set_value(7).run()
+    at.radio(key="bn_view").set_value("norms").run()
+    at.number_input(key="bn_nm_c").set_value(4).run()
+    at.radio(key="bn_view").set_value("stats").run()
+    at.selectbox(key="bn_model").select("Build page").run()
+    at.number_input(key="bn_epochs").set_value(7).run()
+    at.radio(key="bn_view").set_value("experiment").run()
+    assert not at.exception
+    assert at.number_input(key="bn_exp_epochs").value == 1
+    assert at.number_input(key="bn_exp_seed").value == 7
+    at.radio(key="bn_view").set_value("stats").run()
+    assert at.selectbox(key="bn_model").value == "Build page"
+    assert at.number_input(key="bn_epochs").value == 7
+    at.radio(key="bn_view").set_value("norms").run()
+    assert not at.exception and at.number_input(key="bn_nm_c").value == 4
+    assert qp(at, "bn_view") == "norms"
+
+
+def test_the_run_and_layer_survive_switching_sections(tiny_run):
+    run, _ = tiny_run
+    at = bn_page({"bn_view": "stats", "bn_run": str(run)})
+    at.selectbox(key="bn_layer").select("head.bn1").run()
+    at.radio(key="bn_view").set_value("norms").run()
+    assert not at.exception and qp(at, "bn_layer") == "head.bn1"
+    at.radio(key="bn_view").set_value("stats").run()
+    assert not at.exception
+    assert at.selectbox(key="bn_run").value == run
+    assert at.selectbox(key="bn_layer").value == "head.bn1"
+    # head.bn1 normalises the 120 outputs of the first linear layer: 120 channels × 4 steps.
+    assert figure(at, 0)["data"][0]["z"].shape == (120, 4)
+
+
+def test_labels_fit_and_the_detail_is_in_the_help():
+    at = bn_page({"bn_view": "modes"})
+    # Four metrics share the right column: about 165 px each at 1280×800, help icon included
+    # ("Predictions that change" and "Accuracy, training mode" were cut off).
+    labels = [m.label for m in at.metric]
+    assert labels == ["Max |Δ output|", "Disagreement", "Accuracy, eval", "Accuracy, train"]
+    helps = {m.label: m.help for m in at.metric}
+    assert helps["Disagreement"] == ("share of the batch whose predicted class differs between "
+                                     "the two modes")
+    assert helps["Accuracy, train"] == ("training mode: every BN layer uses this batch's mean "
+                                        "and variance")
+    at.radio(key="bn_view").set_value("fold").run()
+    at.selectbox(key="bn_fold_model").select("course_bn_lenet").run()
+    button = next(b for b in at.button if b.label.startswith("Time it"))
+    assert button.label == "Time it on this CPU"
+    assert button.help == ("A batch of 8 images through the original and the folded model, "
+                           "5 times each, alternately: a few seconds")
+    button.click().run()
+    assert not at.exception
+    # BN-LeNet's input is 1×28×28.
+    assert any(x.value.startswith("Measured now, batch of 8 at 1×28×28: ") for x in at.info)

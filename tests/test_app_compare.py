@@ -179,3 +179,38 @@ def test_the_layer_view_and_its_toggles_round_trip():
     at.toggle(key="cmp_details").set_value(False).run()
     assert qp(at, "cmp_details") == "0" and qp(at, "cmp_diff") == "1"
     assert "course_lenet output" not in at.dataframe[0].value.columns
+
+
+@pytest.mark.parametrize("spec, ending", [
+    ('{"family":"resnet","stages":[[64,8192],[64,8192]]}', "use fewer or narrower layers; "),
+    ('{bad', "download it again or fix that line; "),
+])
+def test_link_warnings_end_with_one_full_stop(spec, ending):
+    at = fresh({"cmp_models": "mine,nosuch,course_lenet", "cmp_spec_mine": spec})
+    assert not at.exception
+    assert len(at.error) == 1
+    message = at.error[0].value
+    assert message.startswith("The link could not be used entirely: mine: mine.json")
+    # Each reason's own full stop gives way to the "; " that joins them, and one ends it.
+    assert ending + "'nosuch' is neither a preset nor a model stored in the link." in message
+    assert message.endswith("link.") and ".." not in message and ".;" not in message
+    assert params_shown(at) == {"course_lenet": LENET}
+    assert at.info[0].value == ("Pick at least two models to compare (at most four): presets in "
+                                "the Models box above; the model from the Build page, a link or "
+                                "a spec file on the left.")
+    # The reviewer's link, one reason alone: it keeps exactly one full stop.
+    at = fresh({"cmp_models": "mine,course_lenet", "cmp_spec_mine": spec})
+    assert not at.exception and len(at.error) == 1
+    assert at.error[0].value.endswith(ending.removesuffix("; ") + ".")
+    assert ".." not in at.error[0].value
+
+
+def test_four_models_get_the_whole_width():
+    at = fresh({"cmp_models": "course_lenet,course_lenet5,course_bn_lenet,course_nin"})
+    assert not at.exception and not at.error
+    # The box is a child of the page itself, above the two columns (in the left column, about
+    # 280 px wide at 1280×800, the fourth name was cut off).
+    top_level = [getattr(node, "key", None) for node in at.main.children.values()]
+    assert "cmp_models" in top_level
+    assert at.multiselect(key="cmp_models").value == ["course_lenet", "course_lenet5",
+                                                      "course_bn_lenet", "course_nin"]

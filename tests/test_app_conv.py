@@ -130,3 +130,25 @@ def test_pooling_and_back_keeps_the_conv_settings():
     # 12 filters 5×5 on 1×28×28, padding 2: 12·25 + 12 = 312 parameters.
     assert metric(at, "Parameters").help == "312"
     assert qp(at, "conv_pool") == "avg"
+
+
+def test_stacking_uses_both_kernel_sides():
+    at = fresh({"conv_kh": "3", "conv_kw": "7", "conv_h": "10", "conv_w": "30"})
+    assert not at.exception and not at.error
+    body = text(at)
+    # 1 + L(K−1) per side with L = 2: height 1 + 2·(3−1) = 5, width 1 + 2·(7−1) = 13.
+    assert "### 2 stacked 3×7 convs see **5×13** pixels" in body
+    assert "height 1 + 2·(3−1) = 5, width 1 + 2·(7−1) = 13." in body
+    assert "5×5" not in body.replace("one 5×5", "").replace("same 5×5", "")
+    table = at.dataframe[0].value
+    assert table["receptive field"].tolist() == ["3×7", "5×13"]
+    # 6 filters in and out: one 3×7 conv has 21·36 = 756 weights, two 1,512; one 5×13 conv
+    # that sees as much has 65·36 = 2,340.
+    assert table["weights of the stack"].tolist() == [756, 1_512]
+    assert table["one conv that sees as much"].tolist() == ["3×7: 756", "5×13: 2,340"]
+    # Stride 2, three layers: per side 1 + (K−1)(1 + 2 + 4) = 1 + 7(K−1): 15 rows, 43 columns.
+    at.number_input(key="conv_s").set_value(2).run()
+    at.slider(key="conv_layers").set_value(3).run()
+    assert not at.exception and not at.error
+    assert "### 3 stacked 3×7 convs see **15×43** pixels" in text(at)
+    assert at.dataframe[0].value["receptive field"].tolist() == ["3×7", "7×19", "15×43"]

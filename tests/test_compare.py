@@ -12,6 +12,7 @@ from torch import nn
 
 from explorer import compare as cmp
 from explorer.analysis import analyze
+from explorer.convmath import stacking_rows
 from explorer.errors import ConfigError
 from explorer.io import (
     MAX_SPEC_BYTES,
@@ -223,12 +224,12 @@ def test_sliding_window_figure_draws_the_padded_input():
         cmp.sliding_window_figure(2, 2, (5, 5), (1, 1), (0, 0))
 
 
-def test_stacking_table_and_groups_figure_by_hand():
-    t = cmp.stacking_table(3, 2, channels=64)
+def test_stacking_rows_and_groups_figure_by_hand():
+    t = stacking_rows(3, 2, channels=64)
     # Two 3×3 convs: 2·9·64² = 73,728 weights and a 5×5 view; one 5×5: 25·64² = 102,400.
-    assert t.iloc[1]["receptive field"] == "5×5"
-    assert t.iloc[1]["weights of the stack"] == 73_728
-    assert t.iloc[1]["stack / single"] == "72%"
+    assert t[1]["receptive field"] == "5×5"
+    assert t[1]["weights of the stack"] == 73_728
+    assert t[1]["stack / single"] == "72%"
     fig = cmp.groups_figure(64, 64, (3, 3), 4)
     bars = dict(zip(fig.data[0].x, fig.data[0].y, strict=True))
     assert bars["1"] == 64 * 64 * 9 and bars["4"] == 64 * 64 * 9 // 4

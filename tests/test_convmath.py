@@ -63,3 +63,23 @@ def test_receptive_field_of_stacks():
 def test_impossible_settings_are_sentences(kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment):
         conv_layer(**kwargs)
+
+
+def test_stacked_rectangular_kernels_grow_each_side_on_its_own():
+    from explorer.convmath import stacked_receptive_field_hw, stacking_rows
+
+    # 1 + L(K-1) per side: two 3×7 convs see (1 + 2·2)×(1 + 2·6) = 5×13.
+    assert stacked_receptive_field_hw((3, 7), 2) == (5, 13)
+    # Stride 2: the second layer's taps are 2 input pixels apart, 1 + (K-1) + 2(K-1) = 1 + 3(K-1):
+    # 3 → 7 rows, 7 → 19 columns.
+    assert stacked_receptive_field_hw((3, 7), 2, stride=2) == (7, 19)
+    # Dilation 2, stride 1, three layers: 1 + 3·2·(K-1): 3 → 13, 5 → 25.
+    assert stacked_receptive_field_hw((3, 5), 3, dilation=2) == (13, 25)
+    assert stacked_receptive_field_hw(3, 2) == (5, 5)
+    rows = stacking_rows((3, 7), 2, channels=6)
+    # One 3×7 conv with 6 channels in and out: 21·36 = 756 weights; two: 1,512, against one
+    # 5×13 conv that sees as much: 65·36 = 2,340, i.e. 1,512 / 2,340 = 64.6%.
+    assert rows[0] == {"layers": 1, "receptive field": "3×7", "weights of the stack": 756,
+                       "one conv that sees as much": "3×7: 756", "stack / single": "100%"}
+    assert rows[1] == {"layers": 2, "receptive field": "5×13", "weights of the stack": 1_512,
+                       "one conv that sees as much": "5×13: 2,340", "stack / single": "65%"}
