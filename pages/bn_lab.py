@@ -7,7 +7,7 @@ import streamlit as st
 import torch
 
 from explorer import bn, bn_charts, bn_lab
-from explorer.data import DATASETS, OFFLINE, default_data_dir, load_dataset
+from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir, load_dataset
 from explorer.errors import ConfigError
 from explorer.models import validate
 from explorer.registry import get_preset
@@ -106,7 +106,12 @@ def first_load() -> None:
         state["bn_layer"] = params["bn_layer"]
     parts = str(params.get("bn_exp", "")).split(",")
     if len(parts) == 2 and all(p.isdigit() for p in parts):
-        state["bn_exp"] = bn_lab.Experiment(int(parts[0]), int(parts[1]))
+        try:
+            state["bn_exp"] = bn_lab.linked_experiment(get_manager().store, int(parts[0]),
+                                                       int(parts[1]))
+        except ConfigError as exc:
+            state.pop("bn_exp", None)
+            state["bn_exp_error"] = str(exc)[0].upper() + str(exc)[1:]
 
 
 def url_is_new() -> bool:
@@ -201,7 +206,7 @@ def record_panel() -> None:
         st.selectbox("Model (with batch norm)", [*bn_preset_names(), BUILD], key=kept("bn_model"),
                      help="Every preset with BN layers, or the network on the Build page")
         st.selectbox("Data", list(DATASETS), key=kept("bn_data"),
-                     format_func=lambda k: DATASETS[k].title)
+                     format_func=lambda k: DATASETS[k].title, help=DATA_HELP)
         if state["bn_data"] != OFFLINE:
             st.text_input("Data directory", key=kept("bn_dir"),
                           help="Where torchvision's files lie (also $EXPLORER_DATA_DIR)")
@@ -471,7 +476,7 @@ def view_experiment() -> None:
                     "batch 256, once with BN before every sigmoid and once without, on the same "
                     "data with the same seed.")
         st.selectbox("Data", list(DATASETS), key=kept("bn_exp_data"),
-                     format_func=lambda k: DATASETS[k].title)
+                     format_func=lambda k: DATASETS[k].title, help=DATA_HELP)
         if state["bn_exp_data"] != OFFLINE:
             st.text_input("Data directory", key=kept("bn_exp_dir"))
         c1, c2 = st.columns(2)

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import charts
-from explorer.data import DATASETS, OFFLINE, default_data_dir, load_dataset
+from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir, load_dataset
 from explorer.errors import ConfigError
 from explorer.io import read_runs, runs_to_json
 from explorer.models import build, validate
@@ -131,7 +131,7 @@ def settings_panel() -> None:
     st.caption(f"{name}: {spec.title} on {'×'.join(map(str, spec.input_shape))}, "
                f"{spec.num_classes} classes")
     st.selectbox("Data", list(DATASETS), key="tr_data",
-                 format_func=lambda k: DATASETS[k].title)
+                 format_func=lambda k: DATASETS[k].title, help=DATA_HELP)
     if state["tr_data"] != OFFLINE:
         st.text_input("Data directory", key="tr_dir",
                       help=f"Where torchvision's files lie; blank means {default_data_dir()} "

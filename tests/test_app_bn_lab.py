@@ -269,3 +269,17 @@ def test_labels_fit_and_the_detail_is_in_the_help():
     assert not at.exception
     # BN-LeNet's input is 1×28×28.
     assert any(x.value.startswith("Measured now, batch of 8 at 1×28×28: ") for x in at.info)
+
+
+def test_a_link_to_two_ordinary_runs_is_not_shown_as_the_experiment():
+    with RunStore() as store:
+        lenet5 = get_preset("course_lenet5").spec.to_dict()
+        a = store.create_run("a plain run", lenet5, {"epochs": 1}, status="completed")
+        b = store.create_run("another", lenet5, {"epochs": 1}, status="stopped")
+    at = bn_page({"bn_view": "experiment", "bn_exp": f"{a},{b}"})
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        f"Run {a} of the link is not the experiment's BN-LeNet; start the experiment with Train "
+        f"both."]
+    assert "bn_exp" not in at.session_state and "bn_exp" not in at.query_params
+    assert not any(m.label.startswith("Loss with BN") for m in at.metric)

@@ -385,3 +385,21 @@ def test_every_family_with_bn_records_and_histograms(family, store, digits):
     hist = bn_lab.load_histograms(store, run)
     assert hist.moments() == [(0, 0), (2, 1)]
     assert set(hist.get(-1)) == set(back.layers)
+
+
+def test_a_linked_experiment_must_name_the_experiments_two_runs(tmp_path):
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        bn = get_preset("course_bn_lenet").spec.to_dict()
+        plain = {**bn, "batch_norm": False}  # d2l §8.5's LeNet without its BN layers
+        other = get_preset("course_lenet5").spec.to_dict()
+        ids = {name: store.create_run(name, spec, {"epochs": 1}, status="completed")
+               for name, spec in (("bn", bn), ("plain", plain), ("other", other))}
+        assert bn_lab.linked_experiment(store, ids["bn"], ids["plain"]) == \
+            bn_lab.Experiment(ids["bn"], ids["plain"])
+        with pytest.raises(ConfigError, match=f"run {ids['other']} of the link is not the "
+                                              f"experiment's BN-LeNet"):
+            bn_lab.linked_experiment(store, ids["other"], ids["plain"])
+        with pytest.raises(ConfigError, match="not the experiment's LeNet without BN"):
+            bn_lab.linked_experiment(store, ids["bn"], ids["bn"])
+        with pytest.raises(ConfigError, match="names run 999, which is not on this server"):
+            bn_lab.linked_experiment(store, ids["bn"], 999)
