@@ -14,10 +14,12 @@ from explorer.registry import get_preset
 from explorer.training import TrainConfig
 from pages.common import (
     current_spec,
+    drawn,
     fmt_bytes,
     get_manager,
     job_fragment_interval,
     restore_widgets,
+    save_widgets,
 )
 
 state = st.session_state
@@ -45,7 +47,6 @@ DEFAULTS = {
 # section of this one); a plain copy made at the end of every run brings it back.
 KEPT = (*DEFAULTS, "bn_dir", "bn_exp_dir", "bn_run", "bn_layer", "bn_nm_g")
 SAVED = "bn_saved"
-DRAWN: set[str] = set()  # the keys of KEPT whose widgets this run draws (see write_url)
 URL_KEYS = ("bn_view", "bn_run", "bn_layer", "bn_exp")
 WRITTEN = "bn_url_written"  # the URL this page wrote last: a different one is a new link
 
@@ -127,8 +128,7 @@ def forget(key: str) -> None:
 
 def kept(key: str) -> str:
     """A widget's key (one of KEPT), noted as drawn in this run."""
-    DRAWN.add(key)
-    return key
+    return drawn(SAVED, key)
 
 
 def keep(key: str, value) -> None:
@@ -141,11 +141,6 @@ def keep(key: str, value) -> None:
 
 def write_url() -> None:
     """Save every control (see KEPT) and put the section, run, layer and experiment in the URL."""
-    state[SAVED] = state.get(SAVED, {}) | {k: state[k] for k in KEPT if k in state}
-    # A value set before its widget was first drawn (by first_load, or restore_widgets for
-    # another section) outlives that widget in Streamlit and would come back, stale, when the
-    # widget is next dropped; delete what this run did not draw, restore_widgets puts it back.
-    undrawn = [k for k in KEPT if k not in DRAWN and k in state]
     wanted = {"bn_view": state["bn_view"]}
     if state.get("bn_run") is not None:
         wanted["bn_run"] = str(state["bn_run"])
@@ -161,8 +156,7 @@ def write_url() -> None:
         if current.get(key) != value:
             st.query_params[key] = value
     state[WRITTEN] = wanted
-    for key in undrawn:
-        del state[key]
+    save_widgets(SAVED, KEPT)
 
 
 def chosen_dataset(prefix: str = "bn"):

@@ -5,6 +5,8 @@ Streamlit code lives here and in the page scripts only; everything else is in ``
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
@@ -103,3 +105,26 @@ def restore_widgets(saved_key: str) -> bool:
         if key not in st.session_state:
             st.session_state[key] = value
     return True
+
+
+def drawn(saved_key: str, key: str) -> str:
+    """``key``, noted as a widget this run draws (pass it as the widget's key)."""
+    st.session_state.setdefault(f"{saved_key}.drawn", set()).add(key)
+    return key
+
+
+def save_widgets(saved_key: str, keys: Iterable[str]) -> None:
+    """Save ``keys``' values under ``saved_key`` at the end of a run, for ``restore_widgets``.
+
+    A value that code set before its widget was first drawn (a URL's, a default) outlives that
+    widget in Streamlit and comes back, stale, once a run stops drawing the widget; so the keys
+    this run did not draw (see ``drawn``) are deleted here, and the next run restores them from
+    the copy just saved.
+    """
+    state = st.session_state
+    keys = list(keys)
+    state[saved_key] = state.get(saved_key, {}) | {k: state[k] for k in keys if k in state}
+    shown = state.pop(f"{saved_key}.drawn", set())
+    for key in keys:
+        if key not in shown and key in state:
+            del state[key]

@@ -11,7 +11,15 @@ from explorer.errors import ConfigError
 from explorer.io import read_spec, read_specs, safe_name, spec_from_link, specs_to_json
 from explorer.registry import COURSE_PAIRS, PRESETS
 from explorer.specs import spec_from_json
-from pages.common import analysis_for, current_spec, fmt_count, get_manager, restore_widgets
+from pages.common import (
+    analysis_for,
+    current_spec,
+    drawn,
+    fmt_count,
+    get_manager,
+    restore_widgets,
+    save_widgets,
+)
 
 state = st.session_state
 
@@ -143,7 +151,6 @@ def read_url() -> None:
 
 
 def write_url() -> None:
-    state[SAVED] = {k: state[k] for k in KEPT if k in state}
     wanted = url_state()
     current = st.query_params.to_dict()
     for key in [k for k in current if k.startswith(SPEC_PARAM) and k not in wanted]:
@@ -152,6 +159,7 @@ def write_url() -> None:
         if current.get(key) != value:
             st.query_params[key] = value
     state[WRITTEN] = wanted
+    save_widgets(SAVED, KEPT)
 
 
 def url_is_new() -> bool:
@@ -201,7 +209,8 @@ def models_box() -> None:
     """The compared models, across the whole page: four long names fit on one line there, in
     the narrow left column the fourth was cut off."""
     options = list(PRESETS) + [n for n in custom() if n not in PRESETS]
-    st.multiselect("Models (2 to 4)", options, key="cmp_models", max_selections=MAX_MODELS,
+    st.multiselect("Models (2 to 4)", options, key=drawn(SAVED, "cmp_models"),
+                   max_selections=MAX_MODELS,
                    help="Presets by name; models added on the left (the Build page's, a link, "
                         "a spec file) join this list.")
 
@@ -245,7 +254,8 @@ def totals_tab(analyses: dict) -> None:
 
 def charts_tab(analyses: dict) -> None:
     tables = {n: a.table for n, a in analyses.items()}
-    st.toggle("Log scale (small stages stay visible next to a huge head)", key="cmp_log")
+    st.toggle("Log scale (small stages stay visible next to a huge head)",
+              key=drawn(SAVED, "cmp_log"))
     st.plotly_chart(cmp.params_per_stage_figure(tables, log=state["cmp_log"]), width="stretch")
     st.plotly_chart(cmp.param_location_figure(tables), width="stretch")
     points = all_points()
@@ -290,7 +300,7 @@ def layers_head(chosen: list[str]) -> pd.DataFrame | None:
     options = pair_options(chosen)
     if state.get("cmp_pair") not in options:
         state["cmp_pair"] = default_pair(chosen, options)
-    st.selectbox("Line up", options, key="cmp_pair",
+    st.selectbox("Line up", options, key=drawn(SAVED, "cmp_pair"),
                  format_func=lambda p: " ↔ ".join(p.split("|", 1)),
                  help="The course's networks against torchvision's, or two compared models")
     left, right = state["cmp_pair"].split("|", 1)
@@ -315,8 +325,8 @@ def layers_table(frame: pd.DataFrame) -> None:
     """Every aligned layer, coloured by status, with its reason (full page width)."""
     left, right = state["cmp_pair"].split("|", 1)
     a, b, _ = st.columns([1, 1.3, 1.7])
-    a.toggle("Only the rows that differ", key="cmp_diff")
-    b.toggle("Output shapes and parameters", key="cmp_details")
+    a.toggle("Only the rows that differ", key=drawn(SAVED, "cmp_diff"))
+    b.toggle("Output shapes and parameters", key=drawn(SAVED, "cmp_details"))
     rows = frame[frame["status"] != "same"] if state["cmp_diff"] else frame
     view = pd.DataFrame({
         "layer": [row_name(ln, rn) for ln, rn in zip(rows["left_name"], rows["right_name"],
@@ -377,7 +387,7 @@ chosen = list(state.get("cmp_models", []))
 analyses = {}
 frame = None
 with right_col:
-    st.segmented_control("View", list(VIEWS), key="cmp_view", required=True,
+    st.segmented_control("View", list(VIEWS), key=drawn(SAVED, "cmp_view"), required=True,
                          format_func=VIEWS.get, label_visibility="collapsed")
     for name in chosen:
         try:

@@ -15,7 +15,7 @@ from explorer.convmath import (
     stacking_rows,
 )
 from explorer.errors import ConfigError
-from pages.common import fmt_count, restore_widgets, shape_text
+from pages.common import drawn, fmt_count, restore_widgets, save_widgets, shape_text
 
 state = st.session_state
 
@@ -76,12 +76,12 @@ def read_url() -> list[str]:
 
 def write_url() -> None:
     """Put every control into the URL (only this page's keys) so that a link reopens it."""
-    state[SAVED] = {key: state[key] for key in KEYS}
     wanted = {key: _encode(key, state[key]) for key in KEYS}
     if {k: st.query_params.get(k) for k in KEYS} != wanted:
         for key, value in wanted.items():
             st.query_params[key] = value
     state[WRITTEN] = wanted
+    save_widgets(SAVED, KEYS)
 
 
 def _url_is_new() -> bool:
@@ -91,7 +91,7 @@ def _url_is_new() -> bool:
 
 def num(col, label: str, key: str, help: str | None = None) -> None:
     _, lo, hi = INTS[key]
-    col.number_input(label, lo, hi, key=key, step=1, help=help)
+    col.number_input(label, lo, hi, key=drawn(SAVED, key), step=1, help=help)
 
 
 def working(lines: list[str]) -> None:
@@ -119,8 +119,8 @@ top = st.container()
 left, right = st.columns([1, 2.3], gap="medium")
 
 with left:
-    st.segmented_control("Layer", CHOICES["conv_mode"], key="conv_mode", required=True,
-                         format_func={"conv": "Convolution", "pool": "Pooling"}.get)
+    st.segmented_control("Layer", CHOICES["conv_mode"], key=drawn(SAVED, "conv_mode"),
+                         required=True, format_func={"conv": "Convolution", "pool": "Pooling"}.get)
     st.markdown("**Input** C × H × W")
     a, b, c = st.columns(3)
     num(a, "Channels C", "conv_c")
@@ -137,9 +137,9 @@ with left:
         num(c, "Dilation", "conv_d", "spacing between kernel taps; the kernel spans d(K-1)+1")
         a, b = st.columns(2)
         num(a, "Groups", "conv_g", "must divide both C and the number of filters")
-        b.toggle("Bias", key="conv_bias")
+        b.toggle("Bias", key=drawn(SAVED, "conv_bias"))
     else:
-        st.radio("Pooling", CHOICES["conv_pool"], key="conv_pool", horizontal=True,
+        st.radio("Pooling", CHOICES["conv_pool"], key=drawn(SAVED, "conv_pool"), horizontal=True,
                  format_func={"max": "max", "avg": "average"}.get)
         a, b, c = st.columns(3)
         num(a, "Window", "conv_pk")
@@ -202,7 +202,7 @@ with right:
             else:
                 state["conv_pos"] = min(state["conv_pos"], ho * wo - 1)
                 st.select_slider("Output pixel (row, column): slide it to move the window",
-                                 options=list(range(ho * wo)), key="conv_pos",
+                                 options=list(range(ho * wo)), key=drawn(SAVED, "conv_pos"),
                                  format_func=lambda i: f"({i // wo}, {i % wo})")
                 if (h, w) != (state["conv_h"], state["conv_w"]):
                     st.caption(f"Drawn on a {h}×{w} input with the same kernel, stride and "
@@ -215,7 +215,7 @@ with right:
     if mode == "conv":
         with tabs[1]:
             kh, kw, layers = state["conv_kh"], state["conv_kw"], state["conv_layers"]
-            st.slider("Stack L such layers", 1, 12, key="conv_layers")
+            st.slider("Stack L such layers", 1, 12, key=drawn(SAVED, "conv_layers"))
             rh, rw = stacked_receptive_field_hw((kh, kw), layers, state["conv_s"],
                                                 state["conv_d"])
             if state["conv_s"] == 1 and state["conv_d"] == 1:

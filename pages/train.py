@@ -16,10 +16,12 @@ from explorer.registry import PRESETS, get_preset
 from explorer.training import INITS, OPTIMIZERS, SCHEDULES, TrainConfig
 from pages.common import (
     current_spec,
+    drawn,
     fmt_count,
     get_manager,
     job_fragment_interval,
     restore_widgets,
+    save_widgets,
 )
 
 state = st.session_state
@@ -122,36 +124,40 @@ def start() -> None:
     st.query_params["run"] = str(job)
 
 
+def number(where, label: str, key: str, **kwargs) -> None:
+    """A number input with its range from NUMBERS (``format="%g"`` shows 1e-06 and 5e-05 as
+    they are, where ``%.4f`` would show 0.0000)."""
+    where.number_input(label, *NUMBERS[key], key=drawn(SAVED, key), **kwargs)
+
+
 def settings_panel() -> None:
-    st.radio("Model", SOURCES, key="tr_source", horizontal=True,
+    st.radio("Model", SOURCES, key=drawn(SAVED, "tr_source"), horizontal=True,
              help="The network on the Build page, or any preset")
     if state["tr_source"] == "Preset":
-        st.selectbox("Preset", list(PRESETS), key="tr_preset")
+        st.selectbox("Preset", list(PRESETS), key=drawn(SAVED, "tr_preset"))
     name, spec = chosen_spec()
     st.caption(f"{name}: {spec.title} on {'×'.join(map(str, spec.input_shape))}, "
                f"{spec.num_classes} classes")
-    st.selectbox("Data", list(DATASETS), key="tr_data",
+    st.selectbox("Data", list(DATASETS), key=drawn(SAVED, "tr_data"),
                  format_func=lambda k: DATASETS[k].title, help=DATA_HELP)
     if state["tr_data"] != OFFLINE:
-        st.text_input("Data directory", key="tr_dir",
+        st.text_input("Data directory", key=drawn(SAVED, "tr_dir"),
                       help=f"Where torchvision's files lie; blank means {default_data_dir()} "
                            f"($EXPLORER_DATA_DIR, else ./data)")
-        st.checkbox("Download when missing (needs a network)", key="tr_download")
+        st.checkbox("Download when missing (needs a network)", key=drawn(SAVED, "tr_download"))
     c1, c2 = st.columns(2)
-    c1.selectbox("Optimizer", OPTIMIZERS, key="tr_optimizer")
-    # %g shows 1e-06 and 5e-05 as they are, where %.4f would show 0.0000.
-    c2.number_input("Learning rate", *NUMBERS["tr_lr"], key="tr_lr", format="%g", step=0.01)
-    c1.number_input("Batch size", *NUMBERS["tr_batch"], key="tr_batch")
-    c2.number_input("Epochs", *NUMBERS["tr_epochs"], key="tr_epochs")
-    c1.selectbox("Schedule", SCHEDULES, key="tr_schedule")
-    c2.number_input("Seed", *NUMBERS["tr_seed"], key="tr_seed")
+    c1.selectbox("Optimizer", OPTIMIZERS, key=drawn(SAVED, "tr_optimizer"))
+    number(c2, "Learning rate", "tr_lr", format="%g", step=0.01)
+    number(c1, "Batch size", "tr_batch")
+    number(c2, "Epochs", "tr_epochs")
+    c1.selectbox("Schedule", SCHEDULES, key=drawn(SAVED, "tr_schedule"))
+    number(c2, "Seed", "tr_seed")
     with st.expander("More settings"):
-        st.number_input("SGD momentum", *NUMBERS["tr_momentum"], key="tr_momentum", step=0.05)
-        st.number_input("Weight decay", *NUMBERS["tr_wd"], key="tr_wd", format="%g", step=1e-4)
-        st.number_input("Label smoothing", *NUMBERS["tr_smooth"], key="tr_smooth", step=0.05)
-        st.selectbox("Weight init", INITS, key="tr_init",
+        number(st, "SGD momentum", "tr_momentum", step=0.05)
+        number(st, "Weight decay", "tr_wd", format="%g", step=1e-4)
+        number(st, "Label smoothing", "tr_smooth", step=0.05)
+        st.selectbox("Weight init", INITS, key=drawn(SAVED, "tr_init"),
                      help="xavier: the lectures' Xavier-uniform init")
-    state[SAVED] = {k: state[k] for k in WIDGETS if k in state}
 
 
 def status_line(job_id: int, snap) -> None:
@@ -323,3 +329,4 @@ with right:
 
 st.subheader("Run history")
 history()
+save_widgets(SAVED, WIDGETS)

@@ -214,3 +214,14 @@ def test_four_models_get_the_whole_width():
     assert "cmp_models" in top_level
     assert at.multiselect(key="cmp_models").value == ["course_lenet", "course_lenet5",
                                                       "course_bn_lenet", "course_nin"]
+
+
+def test_a_toggle_survives_going_to_another_view_and_back_twice():
+    at = fresh(small({}))
+    at.segmented_control(key="cmp_view").set_value("charts").run()
+    at.toggle(key="cmp_log").set_value(True).run()
+    for _ in range(2):
+        at.segmented_control(key="cmp_view").set_value("totals").run()
+        at.segmented_control(key="cmp_view").set_value("charts").run()
+        assert not at.exception
+        assert at.toggle(key="cmp_log").value is True and qp(at, "cmp_log") == "1"

@@ -152,3 +152,18 @@ def test_stacking_uses_both_kernel_sides():
     assert not at.exception and not at.error
     assert "### 3 stacked 3×7 convs see **15×43** pixels" in text(at)
     assert at.dataframe[0].value["receptive field"].tolist() == ["3×7", "7×19", "15×43"]
+
+
+def test_a_setting_changed_after_a_mode_switch_survives_the_next_switch():
+    # The window size is set in pooling mode, then the conv mode is edited: going back to
+    # pooling must show the window the student chose, not the page's first value (2).
+    at = fresh()
+    at.segmented_control(key="conv_mode").set_value("pool").run()
+    at.number_input(key="conv_pk").set_value(3).run()
+    at.segmented_control(key="conv_mode").set_value("conv").run()
+    at.number_input(key="conv_out").set_value(8).run()
+    at.segmented_control(key="conv_mode").set_value("pool").run()
+    assert not at.exception
+    assert at.number_input(key="conv_pk").value == 3 and qp(at, "conv_pk") == "3"
+    at.segmented_control(key="conv_mode").set_value("conv").run()
+    assert at.number_input(key="conv_out").value == 8

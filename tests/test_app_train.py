@@ -207,3 +207,17 @@ def test_deleting_a_live_run_keeps_it_with_a_sentence_and_deletes_the_others():
     assert at.multiselect(key="tr_overlay").value == [live]
     store.set_status(live, "stopped")
     store.delete_run(live)
+
+
+def test_a_data_directory_survives_switching_to_the_offline_set_and_back():
+    # The directory box is drawn only for datasets read from disk; its first value is set
+    # before it is ever drawn, which Streamlit would bring back once the box is hidden again.
+    at = train_page()
+    at.radio(key="tr_source").set_value("Preset").run()
+    at.selectbox(key="tr_data").select("fashion-mnist").run()
+    at.text_input(key="tr_dir").set_value("/srv/course-data").run()
+    at.selectbox(key="tr_data").select("offline-mnist").run()
+    at.number_input(key="tr_epochs").set_value(2).run()
+    at.selectbox(key="tr_data").select("fashion-mnist").run()
+    assert not at.exception
+    assert at.text_input(key="tr_dir").value == "/srv/course-data"
