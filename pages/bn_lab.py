@@ -20,6 +20,7 @@ from pages.common import (
     job_fragment_interval,
     restore_widgets,
     save_widgets,
+    write_query,
 )
 
 state = st.session_state
@@ -148,13 +149,7 @@ def write_url() -> None:
         wanted["bn_layer"] = state["bn_layer"]
     if state.get("bn_exp") is not None:
         wanted["bn_exp"] = f"{state['bn_exp'].bn_run},{state['bn_exp'].plain_run}"
-    current = st.query_params.to_dict()
-    for key in URL_KEYS:
-        if key in current and key not in wanted:
-            del st.query_params[key]
-    for key, value in wanted.items():
-        if current.get(key) != value:
-            st.query_params[key] = value
+    write_query(wanted, owned=lambda k: k in URL_KEYS)
     state[WRITTEN] = wanted
     save_widgets(SAVED, KEPT)
 

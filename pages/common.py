@@ -5,7 +5,7 @@ Streamlit code lives here and in the page scripts only; everything else is in ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
@@ -128,3 +128,14 @@ def save_widgets(saved_key: str, keys: Iterable[str]) -> None:
     for key in keys:
         if key not in shown and key in state:
             del state[key]
+
+
+def write_query(wanted: Mapping[str, str], owned: Callable[[str], bool]) -> None:
+    """Make the URL hold ``wanted``: the page's other parameters (those ``owned`` says are its
+    own) go, other pages' stay, and a value already there is not written again."""
+    current = st.query_params.to_dict()
+    for key in [k for k in current if owned(k) and k not in wanted]:
+        del st.query_params[key]
+    for key, value in wanted.items():
+        if current.get(key) != value:
+            st.query_params[key] = value

@@ -19,6 +19,7 @@ from pages.common import (
     get_manager,
     restore_widgets,
     save_widgets,
+    write_query,
 )
 
 state = st.session_state
@@ -152,12 +153,7 @@ def read_url() -> None:
 
 def write_url() -> None:
     wanted = url_state()
-    current = st.query_params.to_dict()
-    for key in [k for k in current if k.startswith(SPEC_PARAM) and k not in wanted]:
-        del st.query_params[key]
-    for key, value in wanted.items():
-        if current.get(key) != value:
-            st.query_params[key] = value
+    write_query(wanted, owned=lambda k: k.startswith(SPEC_PARAM))
     state[WRITTEN] = wanted
     save_widgets(SAVED, KEPT)
 
