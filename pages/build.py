@@ -32,10 +32,22 @@ from explorer.specs import (
     spec_from_json,
     spec_from_query,
 )
-from pages.common import SPEC_KEY, analysis_for, fmt_bytes, fmt_count, shape_text
+from pages.common import (
+    SPEC_KEY,
+    analysis_for,
+    drawn,
+    fmt_bytes,
+    fmt_count,
+    restore_widgets,
+    save_widgets,
+    shape_text,
+)
 
 state = st.session_state
 VIEWS = ["Layers", "Charts", "Diagram", "Share & export", "About"]
+# How the model is shown (not part of the spec): kept across pages and views, not in the URL.
+VIEW_KEYS = ("build_view", "build_levels", "build_group")
+VIEW_SAVED = "build_view_saved"
 
 
 def load(spec, preset: str | None = None) -> None:
@@ -223,8 +235,10 @@ def headline(analysis) -> None:
 def layer_table(analysis, name: str) -> None:
     table = analysis.table
     max_depth = int(table["depth"].max())
-    level = st.select_slider("Show levels", options=list(range(1, max_depth + 1)),
-                             value=min(2, max_depth), key="build_levels",
+    levels = list(range(1, max_depth + 1))
+    if state.get("build_levels") not in levels:  # first view, or a shallower model
+        state["build_levels"] = min(2, max_depth)
+    level = st.select_slider("Show levels", options=levels, key=drawn(VIEW_SAVED, "build_levels"),
                              help="1 = stages, deeper levels = blocks, then layers")
     rows = table[(table["depth"] >= 1) & (table["depth"] <= level)]
     view = rows.assign(
@@ -302,6 +316,7 @@ elif "build_family" not in state:
     # the last model back into the widgets.
     load(spec_from_json(state.get("build_good") or state[SPEC_KEY]),
          state.get("build_loaded_preset"))
+restore_widgets(VIEW_SAVED)
 if "build_url_error" in state:
     st.warning(state.pop("build_url_error"))
 
@@ -356,13 +371,14 @@ with right:
     st.markdown(f"#### {name} · {cls.title} on {shape_text(spec.input_shape)}")
     # A radio rather than st.tabs: only the view on screen is computed, which keeps every
     # widget change quick.
-    view = st.radio("View", VIEWS, horizontal=True, key="build_view",
+    view = st.radio("View", VIEWS, horizontal=True, key=drawn(VIEW_SAVED, "build_view"),
                     label_visibility="collapsed",
                     format_func=lambda v: f"About {cls.title}" if v == "About" else v)
     if view == "Layers":
         layer_table(analysis, name)
     elif view == "Charts":
-        level = st.radio("Group by", ["stage", "block"], horizontal=True, key="build_group")
+        level = st.radio("Group by", ["stage", "block"], horizontal=True,
+                         key=drawn(VIEW_SAVED, "build_group"))
         figs = figures_for(spec_json, 1 if level == "stage" else 2)
         for key in ("by_group", "shape_flow", "receptive_field"):
             st.plotly_chart(figs[key], width="stretch")
@@ -380,3 +396,4 @@ with left:
         resnext_groups(spec)
     if loaded and (preset is None or error):
         st.button(f"Reset to {loaded}", on_click=on_preset)
+save_widgets(VIEW_SAVED, VIEW_KEYS)

@@ -260,3 +260,26 @@ def test_a_link_with_its_own_preset_keeps_it():
     assert not at.exception
     assert by_key(at.selectbox, "build_preset").value == "course_densenet"
     assert heading(at).startswith("#### course_densenet · DenseNet on ")
+
+
+def test_the_view_and_its_level_survive_another_page():
+    at = fresh()
+    at.select_slider(key="build_levels").set_value(3).run()
+    at.switch_page("pages/train.py").run()
+    at.switch_page("pages/build.py").run()
+    assert not at.exception
+    assert at.select_slider(key="build_levels").value == 3
+    by_key(at.radio, "build_view").set_value("Charts").run()
+    by_key(at.radio, "build_group").set_value("block").run()
+    at.switch_page("pages/compare.py").run()
+    at.switch_page("pages/build.py").run()
+    assert not at.exception
+    assert by_key(at.radio, "build_view").value == "Charts"
+    assert by_key(at.radio, "build_group").value == "block"
+    by_key(at.radio, "build_view").set_value("Layers").run()
+    assert at.select_slider(key="build_levels").value == 3
+    # LeNet has two levels (its two stages, then their layers): 3 comes down to 2.
+    by_key(at.selectbox, "build_preset").set_value("course_lenet").run()
+    assert not at.exception
+    assert at.select_slider(key="build_levels").options == ["1", "2"]
+    assert at.select_slider(key="build_levels").value == 2
