@@ -8,12 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
 FONT = {"size": 15}
+# Plotly's own qualitative palette, by run: the overlay charts give a run the same colour.
+RUN_COLORS = tuple(plotly.colors.qualitative.Plotly)
 COLORS = {"params": "#1f77b4", "macs": "#ff7f0e", "channels": "#2ca02c", "size": "#d62728",
           "rf": "#9467bd", "input": "#7f7f7f"}
 # Light fills so that black labels stay readable on a projector.
@@ -313,12 +316,14 @@ def lr_figure(step_rows: object) -> go.Figure:
 def overlay_figure(runs: dict[str, pd.DataFrame], metric: str, x: str, title: str) -> go.Figure:
     """One line per run (label → its metric rows) for side-by-side comparison."""
     fig = go.Figure()
-    for label, df in runs.items():
+    for i, (label, df) in enumerate(runs.items()):
         if df.empty or metric not in df or df[metric].isna().all():
             continue
         y = smooth(df[metric].fillna(0), 0.8) if x == "step" else df[metric]
+        # The colour follows the run's place among those selected, not among those drawn: a
+        # run left out here (no epoch yet) must not shift the others' colours between charts.
         fig.add_scatter(x=df[x], y=y, mode="lines" if x == "step" else "lines+markers",
-                        name=label, line={"width": 3})
+                        name=label, line={"width": 3, "color": RUN_COLORS[i % len(RUN_COLORS)]})
     fig.update_xaxes(title_text=x)
     last = max((df[x].max() for df in runs.values() if not df.empty), default=0)
     if x == "epoch" and last <= 20:  # whole epochs only, never 1.5

@@ -345,7 +345,7 @@ LATEST_TIME = 7_258_118_400  # 2200-01-01 UTC: imported times must lie before it
 
 
 def _bad(message: str) -> ConfigError:
-    return ConfigError(f"this run file cannot be imported: {message}.")
+    return ConfigError(f"This run file cannot be imported: {message}.")
 
 
 def _validate_export(data: Any) -> tuple[dict[str, Any], list[tuple[str, int, int, str]]]:

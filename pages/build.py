@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 
 import streamlit as st
 import torch
@@ -34,6 +33,7 @@ from explorer.specs import (
 )
 from pages.common import (
     SPEC_KEY,
+    SPEC_QUERY_KEYS,
     analysis_for,
     drawn,
     fmt_bytes,
@@ -70,13 +70,12 @@ def load(spec, preset: str | None = None) -> None:
     state[SPEC_KEY] = spec.to_json(None)
 
 
-SPEC_QUERY_KEYS = {"family", "preset"} | {f.name for cls in SPEC_TYPES.values()
-                                           for f in dataclasses.fields(cls)}
+BUILD_QUERY_KEYS = SPEC_QUERY_KEYS | {"preset"}
 
 
 def sync_query(new: dict[str, str]) -> None:
     """Write the spec into the URL, keeping the other pages' parameters (a run id, say)."""
-    for key in [k for k in st.query_params if k in SPEC_QUERY_KEYS and k not in new]:
+    for key in [k for k in st.query_params if k in BUILD_QUERY_KEYS and k not in new]:
         del st.query_params[key]
     changed = {k: v for k, v in new.items() if st.query_params.get(k) != v}
     if changed:

@@ -5,6 +5,7 @@ Streamlit code lives here and in the page scripts only; everything else is in ``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
 import streamlit as st
@@ -12,7 +13,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from explorer.analysis import Analysis, analyze
 from explorer.registry import DEFAULT_PRESET, get_preset
-from explorer.specs import spec_from_json
+from explorer.specs import SPEC_TYPES, spec_from_json
 
 # Streamlit treats an app beside a pages/ folder as a "v1" multipage app until app.py first
 # calls st.navigation; a fresh server whose first visitor opens /build directly would run this
@@ -29,6 +30,11 @@ SPEC_KEY = "current_spec_json"  # the spec on the Build page, shared with the ot
 def analysis_for(spec_json: str) -> Analysis:
     """Analyse a spec, cached by its JSON (so every page and user shares the result)."""
     return analyze(spec_from_json(spec_json))
+
+
+# The URL parameters that carry a spec (``SpecBase.to_query``): the family and every field.
+SPEC_QUERY_KEYS = frozenset({"family"} | {f.name for cls in SPEC_TYPES.values()
+                                          for f in dataclasses.fields(cls)})
 
 
 def current_spec():

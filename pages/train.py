@@ -15,6 +15,7 @@ from explorer.models import build, validate
 from explorer.registry import PRESETS, get_preset
 from explorer.training import INITS, OPTIMIZERS, SCHEDULES, TrainConfig
 from pages.common import (
+    SPEC_QUERY_KEYS,
     current_spec,
     drawn,
     fmt_count,
@@ -22,6 +23,7 @@ from pages.common import (
     job_fragment_interval,
     restore_widgets,
     save_widgets,
+    write_query,
 )
 
 state = st.session_state
@@ -40,7 +42,9 @@ CHOICES = {"tr_optimizer": OPTIMIZERS, "tr_schedule": SCHEDULES, "tr_init": INIT
            "tr_preset": tuple(PRESETS), "tr_data": tuple(DATASETS)}
 # Widget values saved every run: Streamlit drops a widget's state when a run does not draw it
 # (another page, or the preset box while the Build page's model is chosen).
-WIDGETS = (*SETTINGS, "tr_source", "tr_preset", "tr_data", "tr_dir", "tr_download")
+WIDGETS = (*SETTINGS, "tr_source", "tr_preset", "tr_data", "tr_dir", "tr_download",
+           "tr_overlay")
+URL_SOURCES = {"Build page": "build", "Preset": "preset"}  # tr_source in the URL
 SAVED = "tr_saved"
 
 
@@ -66,7 +70,7 @@ def allowed(key: str) -> str:
     if key in CHOICES:
         return "a preset name" if key == "tr_preset" else "one of " + ", ".join(CHOICES[key])
     lo, hi = NUMBERS[key]
-    return f"from {lo:g} to {hi:g}"
+    return f"from {lo:,} to {hi:,}" if isinstance(lo, int) else f"from {lo:g} to {hi:g}"
 
 
 def first_load() -> None:
@@ -85,7 +89,8 @@ def first_load() -> None:
     if refused:
         state["tr_url_warning"] = (f"The link's settings {'; '.join(refused)} cannot be used; "
                                    f"the defaults are shown instead.")
-    state["tr_source"] = "Build page" if "current_spec_json" in state else "Preset"
+    by_url = {v: k for k, v in URL_SOURCES.items()}.get(params.get("tr_source", ""))
+    state["tr_source"] = by_url or ("Build page" if "current_spec_json" in state else "Preset")
     state["tr_dir"] = str(default_data_dir())
     if str(params.get("run", "")).isdigit():
         state["tr_job"] = int(params["run"])
@@ -271,7 +276,10 @@ def history() -> None:
     st.dataframe(table, hide_index=True, width="stretch", height=220)
     ids = [r["id"] for r in runs]
     labels = {r["id"]: f"#{r['id']} {r['name']} ({r['status']})" for r in runs}
-    chosen = st.multiselect("Overlay runs", ids, format_func=labels.get, key="tr_overlay",
+    # Kept across pages (WIDGETS); runs deleted since then leave the selection.
+    state["tr_overlay"] = [i for i in state.get("tr_overlay", []) if i in labels]
+    chosen = st.multiselect("Overlay runs", ids, format_func=labels.get,
+                            key=drawn(SAVED, "tr_overlay"),
                             max_selections=8)
     if chosen:
         frames = {labels[i]: store.metrics(i) for i in chosen}
@@ -308,8 +316,16 @@ with left:
     st.button("Start training", type="primary", on_click=start, width="stretch")
     if "tr_error" in state:
         st.error(state.pop("tr_error"))
-st.query_params.update({k: str(state[k]) for k in SETTINGS} | {
-    "tr_preset": state["tr_preset"], "tr_data": state["tr_data"]})
+# The URL reopens what is shown: the settings, the model (a preset, or the Build page's spec in
+# the Build page's own parameters) and the run on the right.
+wanted = {k: str(state[k]) for k in SETTINGS} | {
+    "tr_preset": state["tr_preset"], "tr_data": state["tr_data"],
+    "tr_source": URL_SOURCES[state["tr_source"]]}
+if state["tr_source"] == "Build page":
+    wanted |= current_spec().to_query()
+if state.get("tr_job") is not None:
+    wanted["run"] = str(state["tr_job"])
+write_query(wanted, owned=lambda k: k in SPEC_QUERY_KEYS or k == "run")
 
 with right:
     job_id = state.get("tr_job")

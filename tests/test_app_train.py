@@ -221,3 +221,56 @@ def test_a_data_directory_survives_switching_to_the_offline_set_and_back():
     at.selectbox(key="tr_data").select("fashion-mnist").run()
     assert not at.exception
     assert at.text_input(key="tr_dir").value == "/srv/course-data"
+
+
+def qp(at: AppTest, key: str) -> str | None:
+    value = at.query_params.get(key)
+    return value[-1] if isinstance(value, list) else value
+
+
+def test_the_url_keeps_the_run_and_the_model_source_after_another_page():
+    from explorer.registry import get_preset
+    from explorer.runs import RunStore
+
+    store = RunStore()
+    run_id = store.create_run("shown", get_preset("course_lenet5").spec.to_dict(),
+                              {"epochs": 1}, status="completed")
+    at = train_page({"run": str(run_id)})
+    at.radio(key="tr_source").set_value("Build page").run()
+    at.switch_page("pages/build.py").run()
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    assert qp(at, "run") == str(run_id)
+    assert qp(at, "tr_source") == "build" and qp(at, "family") == "resnet"  # course_resnet18
+    # The same URL in a new tab (a new session) shows the same run and the same model.
+    again = train_page({k: qp(at, k) for k in at.query_params})
+    assert again.radio(key="tr_source").value == "Build page"
+    assert any(c.value.startswith("build_resnet: ResNet on 1×96×96") for c in again.caption)
+    assert any(f"Run {run_id} completed" in x.value for x in again.info)
+    # Back to a preset: the Build page's parameters leave the URL.
+    again.radio(key="tr_source").set_value("Preset").run()
+    assert qp(again, "tr_source") == "preset" and qp(again, "family") is None
+    store.delete_run(run_id)
+
+
+def test_the_overlay_selection_survives_another_page_and_drops_deleted_runs():
+    from explorer.registry import get_preset
+    from explorer.runs import RunStore
+
+    store = RunStore()
+    spec = get_preset("course_lenet5").spec.to_dict()
+    keep, gone = (store.create_run(n, spec, {"epochs": 1}, status="completed")
+                  for n in ("kept", "deleted elsewhere"))
+    at = train_page()
+    at.multiselect(key="tr_overlay").select(keep).select(gone).run()
+    at.switch_page("pages/conv.py").run()
+    store.delete_run(gone)  # another user deletes one of them meanwhile
+    at.switch_page("pages/train.py").run()
+    assert not at.exception
+    assert at.multiselect(key="tr_overlay").value == [keep]
+    store.delete_run(keep)
+
+
+def test_a_refused_seed_names_its_range_in_full():
+    at = train_page({"tr_seed": "-5"})
+    assert "tr_seed=-5 (from 0 to 2,147,483,647)" in at.warning[0].value

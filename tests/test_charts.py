@@ -66,3 +66,10 @@ def test_training_figures_carry_the_metrics():
     assert tuple(overlay.layout.yaxis.range) == (0, 1.02)
     assert overlay.layout.legend.y < 0 and overlay.layout.legend.yanchor == "top"
     assert overlay.layout.xaxis.dtick == 1  # epochs are whole numbers
+    # A run missing from one chart (no epoch yet) leaves the others' colours as they are.
+    runs = {"a": epochs, "b": epochs.iloc[0:0], "c": epochs}
+    acc = charts.overlay_figure(runs, "test_acc", "epoch", "t")
+    loss = charts.overlay_figure({k: steps for k in runs}, "loss", "step", "l")
+    colors = {tr.name: tr.line.color for tr in loss.data}
+    assert {tr.name: tr.line.color for tr in acc.data} == {k: colors[k] for k in ("a", "c")}
+    assert len(set(colors.values())) == 3
