@@ -7,13 +7,14 @@ import streamlit as st
 import torch
 
 from explorer import bn, bn_charts, bn_lab
-from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir, load_dataset
+from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
 from explorer.models import validate
 from explorer.registry import get_preset
 from explorer.training import TrainConfig
 from pages.common import (
     current_spec,
+    dataset,
     drawn,
     fmt_bytes,
     get_manager,
@@ -58,12 +59,6 @@ WRITTEN = "bn_url_written"  # the URL this page wrote last: a different one is a
 def live_recorders() -> dict[int, bn_lab.StoredBNRecorder]:
     """job id → the recorder of a run started on this server (live while it trains)."""
     return {}
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the dataset…")
-def dataset(name: str, data_dir: str, download: bool):
-    """Datasets are shared by every user of the server (read-only uint8 tensors)."""
-    return load_dataset(name, data_dir, download)
 
 
 @st.cache_data(show_spinner=False)

@@ -12,6 +12,7 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from explorer.analysis import Analysis, analyze
+from explorer.data import load_dataset
 from explorer.registry import DEFAULT_PRESET, get_preset
 from explorer.specs import SPEC_TYPES, spec_from_json
 
@@ -35,6 +36,13 @@ def analysis_for(spec_json: str) -> Analysis:
 # The URL parameters that carry a spec (``SpecBase.to_query``): the family and every field.
 SPEC_QUERY_KEYS = frozenset({"family"} | {f.name for cls in SPEC_TYPES.values()
                                           for f in dataclasses.fields(cls)})
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the dataset…")
+def dataset(name: str, data_dir: str, download: bool):
+    """One cache for every page: a dataset is loaded once and shared by every user of the
+    server (read-only uint8 tensors); a blank directory means the default one."""
+    return load_dataset(name, data_dir, download)
 
 
 def current_spec():

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import charts
-from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir, load_dataset
+from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
 from explorer.io import read_runs, runs_to_json
 from explorer.models import build, validate
@@ -17,6 +17,7 @@ from explorer.training import INITS, OPTIMIZERS, SCHEDULES, TrainConfig
 from pages.common import (
     SPEC_QUERY_KEYS,
     current_spec,
+    dataset,
     drawn,
     fmt_count,
     get_manager,
@@ -46,12 +47,6 @@ WIDGETS = (*SETTINGS, "tr_source", "tr_preset", "tr_data", "tr_dir", "tr_downloa
            "tr_overlay")
 URL_SOURCES = {"Build page": "build", "Preset": "preset"}  # tr_source in the URL
 SAVED = "tr_saved"
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the dataset…")
-def dataset(name: str, data_dir: str, download: bool):
-    """Datasets are shared by every user of the server (read-only uint8 tensors)."""
-    return load_dataset(name, data_dir, download)
 
 
 def url_value(key: str, raw: str, default):
@@ -117,7 +112,7 @@ def start() -> None:
         name, spec = chosen_spec()
         validate(spec)
         config = config_from_widgets()
-        data = dataset(state["tr_data"], state.get("tr_dir", "").strip(),
+        data = dataset(state["tr_data"], state.get("tr_dir", ""),
                        state.get("tr_download", False))
         job = get_manager().submit(f"{name} · {data.name}", spec.to_dict(), config,
                                    model_fn=lambda: build(spec), input_shape=spec.input_shape,
