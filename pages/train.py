@@ -236,14 +236,14 @@ def delete_runs(ids: list[int]) -> None:
     """Delete the finished runs among ``ids``; a live one stays, with a sentence saying why."""
     manager, kept, notes = get_manager(), [], []
     for i in ids:
+        own = i == state.get("tr_job")
         try:
-            if i == state.get("tr_job") and manager.stop(i):
-                notes.append(f"Run {i} is stopping; delete it once it has stopped.")
-                kept.append(i)
-                continue
+            if own:
+                manager.stop(i)  # a queued run ends at once; a training one after its step
             manager.store.delete_run(i)
-        except ConfigError:  # someone else's run that is queued or training
-            notes.append(f"Run {i} is still queued or training (it was started elsewhere); "
+        except ConfigError:  # still queued or training
+            notes.append(f"Run {i} is stopping; delete it once it has stopped." if own else
+                         f"Run {i} is still queued or training (it was started elsewhere); "
                          f"it can be deleted once it has ended.")
             kept.append(i)
     state["tr_overlay"] = kept
