@@ -13,7 +13,7 @@ noise from other processes hits both alike; the ratio is of the median images/s.
    DataLoader, per-batch ``.to(device)``, float32, per-batch accuracy read back as d2l's
    ``train_ch6`` does).
 3. live metrics: the engine with the callbacks a job runs with (metrics to the SQLite store,
-   one commit per report, and to the in-memory buffer) against the engine alone, course
+   one commit per report, as a worker process writes them) against the engine alone, course
    LeNet-5, both in this thread.
 
 Images/s count training steps only: from the first step to the end of the last, excluding set-up
@@ -44,7 +44,6 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from explorer.data import ImageDataset, load_dataset  # noqa: E402
-from explorer.jobs import MetricsBuffer  # noqa: E402
 from explorer.models import build  # noqa: E402
 from explorer.registry import get_preset  # noqa: E402
 from explorer.runs import RunStore, StoreCallback  # noqa: E402
@@ -151,14 +150,14 @@ def engine_images_per_s(model: nn.Module, data: ImageDataset, shape: tuple[int, 
                         cfg: TrainConfig, steps: int, device: torch.device,
                         live: tuple[RunStore, int] | None = None,
                         spent: list[float] | None = None) -> float:
-    """The engine for ``steps`` steps; ``live`` adds the store and buffer callbacks a job has.
+    """The engine for ``steps`` steps; ``live`` adds the store callback a worker's run has.
 
     With ``live``, the share of the run spent inside those callbacks is appended to ``spent``.
     """
     timer = Timer(steps)
     cfg = TrainConfig(**{**cfg.to_dict(), "epochs": 10_000, "max_steps": steps})
     callbacks: list[object] = [timer]
-    timed = Timed(StoreCallback(*live), MetricsBuffer()) if live is not None else None
+    timed = Timed(StoreCallback(*live)) if live is not None else None
     if timed is not None:
         callbacks.append(timed)
     train(model, shape, 10, data, cfg, callbacks=callbacks, device=device)
@@ -224,13 +223,13 @@ def compare_live_metrics(batch: int, steps: int, repeats: int, device: torch.dev
             rows = len(store.metrics(live[1]))
         finally:
             store.close()
-    out = summary("live metrics: engine + SQLite store + in-memory buffer vs engine alone, "
+    out = summary("live metrics: engine + SQLite store vs engine alone, "
                   "course_lenet5", "with_metrics", with_metrics, "without", bare,
                   {"batch_size": batch, "steps": steps, "metrics_every": cfg.metrics_every,
                    "metric_rows_written": rows})
     out["overhead_percent"] = round(100 * (1 - out["ratio"]), 2)
     out["overhead_percent_best_of"] = round(100 * (1 - max(with_metrics) / max(bare)), 2)
-    # Time measured inside the store and buffer callbacks, as a share of the run: the same
+    # Time measured inside the store callback, as a share of the run: the same
     # cost without the noise of comparing two separately timed runs.
     out["time_in_metric_callbacks_percent"] = round(100 * statistics.median(spent), 3)
     return out

@@ -126,6 +126,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(json.dumps({"preset": name, "input": list(spec.input_shape), **figures}, indent=2))
 
 
+def cmd_worker(args: argparse.Namespace) -> None:
+    from explorer.worker import main as worker_main
+
+    worker_main(args.db, args.device, args.id, args.parent, args.threads, args.max_runs)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one sentence on stderr (and exit status 2)."""
 
@@ -161,10 +167,20 @@ def parser() -> argparse.ArgumentParser:
     ba.add_argument("--preset", default="resnet152")
     ba.add_argument("--input", help="input shape C,H,W")
     ba.add_argument("--repeats", type=int, default=5)
+
+    w = sub.add_parser("worker", help="train the run store's queued runs (the app starts its "
+                                      "own workers; this one is started by hand)")
+    w.add_argument("--db", help="the run store ($EXPLORER_RUNS_DB, else ./runs.sqlite)")
+    w.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    w.add_argument("--threads", type=int, help="torch threads (default: every core)")
+    w.add_argument("--max-runs", type=int, help="end after this many runs")
+    w.add_argument("--id", help=argparse.SUPPRESS)  # given by the app's worker pool
+    w.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # the pool's pid
     return p
 
 
-COMMANDS = {"presets": cmd_presets, "summary": cmd_summary, "conv": cmd_conv, "bench": cmd_bench}
+COMMANDS = {"presets": cmd_presets, "summary": cmd_summary, "conv": cmd_conv, "bench": cmd_bench,
+            "worker": cmd_worker}
 
 
 def main(argv: list[str] | None = None) -> int:

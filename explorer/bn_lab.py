@@ -36,6 +36,7 @@ from explorer.bn import (
 )
 from explorer.data import ImageDataset
 from explorer.errors import ConfigError
+from explorer.jobs import DataRef
 from explorer.models import BUILDERS, build
 from explorer.registry import PRESETS, get_preset
 from explorer.runs import RunStore
@@ -400,12 +401,14 @@ def recorded_runs(store: RunStore, limit: int = 200) -> list[dict[str, Any]]:
 
 
 def start_recorded_run(manager: Any, label: str, spec: SpecBase, config: TrainConfig,
-                       dataset: ImageDataset, every: int | None = None,
-                       min_every: int = MIN_EVERY) -> tuple[int, StoredBNRecorder]:
-    """Queue a run of ``spec`` with a ``StoredBNRecorder``; returns (job id, recorder).
+                       data: DataRef, dataset: ImageDataset, every: int | None = None,
+                       min_every: int = MIN_EVERY, *, session: str | None = None,
+                       teacher: bool = False, allowance: int = 0) -> int:
+    """Queue a run of ``spec`` whose worker records its BN statistics; returns the run id.
 
     ``every`` None chooses from the run's length and the model's channels (``choose_every``);
-    a given ``every`` whose statistics would exceed 4 × ``MAX_STATS_BYTES`` is refused.
+    a given ``every`` whose statistics would exceed 4 × ``MAX_STATS_BYTES`` is refused. The
+    worker's ``StoredBNRecorder`` saves into the store, where the page reads it.
     """
     layers = spec_bn_layers(spec)
     if not layers:
@@ -417,18 +420,16 @@ def start_recorded_run(manager: Any, label: str, spec: SpecBase, config: TrainCo
     channels = sum(layers.values())
     if every is None:
         every = choose_every(max(steps, 1), channels, min_every=min_every)
-    recorder = StoredBNRecorder(manager.store, every=every)
+    every = max(1, int(every))
     # BNStatsRecorder.estimate_nbytes' formula: step 1 and every k-th step after it.
-    size = (1 + (max(steps, 1) - 1) // recorder.every) * (4 * len(QUANTITIES) * channels + 8)
+    size = (1 + (max(steps, 1) - 1) // every) * (4 * len(QUANTITIES) * channels + 8)
     if size > 4 * MAX_STATS_BYTES:
         raise ConfigError(f"recording every {every} step(s) of this {steps:,}-step run would "
                           f"keep {size / 1e6:,.0f} MB of statistics; record less often "
                           f"(e.g. auto) or train fewer epochs.")
-    job = manager.submit(f"{RECORDED_PREFIX}{label} · {dataset.name}", spec.to_dict(), config,
-                         model_fn=lambda: build(spec), input_shape=spec.input_shape,
-                         dataset=dataset, num_classes=spec.num_classes, callbacks=[recorder])
-    recorder.bind(job)
-    return job, recorder
+    return manager.submit(f"{RECORDED_PREFIX}{label} · {dataset.name}", spec.to_dict(), config,
+                          data, session=session, teacher=teacher,
+                          job={"recorder": {"every": every}}, allowance=allowance)
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,20 +474,24 @@ def linked_experiment(store: RunStore, bn_run: int, plain_run: int) -> Experimen
     return Experiment(bn_run, plain_run)
 
 
-def start_experiment(manager: Any, dataset: ImageDataset, epochs: int = EXPERIMENT_EPOCHS,
-                     seed: int = 0) -> tuple[Experiment, StoredBNRecorder]:
+def start_experiment(manager: Any, data: DataRef, dataset: ImageDataset,
+                     epochs: int = EXPERIMENT_EPOCHS, seed: int = 0, *,
+                     session: str | None = None, teacher: bool = False) -> Experiment:
     """Queue LeNet with BN (recording its statistics) and without, same data and seed."""
     bn_spec, plain_spec = experiment_specs()
     config = experiment_config(epochs, seed)
     # Every step: the runs last seconds, and the heatmap needs all 75 columns (the recorder
     # then costs about 45% of the BN run's CPU time, about 2 s; bench/bench_bn_recorder.py).
-    bn_job, recorder = start_recorded_run(manager, "LeNet with BN, lr 1.0", bn_spec, config,
-                                          dataset, every=1)
-    plain_job = manager.submit(f"LeNet without BN, lr 1.0 · {dataset.name}", plain_spec.to_dict(),
-                               config, model_fn=lambda: build(plain_spec),
-                               input_shape=plain_spec.input_shape, dataset=dataset,
-                               num_classes=plain_spec.num_classes)
-    return Experiment(bn_job, plain_job), recorder
+    bn_job = start_recorded_run(manager, "LeNet with BN, lr 1.0", bn_spec, config, data,
+                                dataset, every=1, session=session, teacher=teacher)
+    try:
+        plain_job = manager.submit(f"LeNet without BN, lr 1.0 · {dataset.name}",
+                                   plain_spec.to_dict(), config, data, session=session,
+                                   teacher=teacher, allowance=1)
+    except ConfigError:
+        manager.stop(bn_job, session, teacher)  # the pair or nothing
+        raise
+    return Experiment(bn_job, plain_job)
 
 
 def _num(row: Mapping[str, Any], key: str) -> float | None:

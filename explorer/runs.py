@@ -1,8 +1,9 @@
 """The run store: training runs, their configs, status and metrics in one SQLite file.
 
 SQLite in WAL mode lets a page read while a worker writes; every write batch is its own
-transaction, so a killed process loses nothing already written. Runs that a dead process left
-"running" or "queued" are marked "interrupted" when the store is opened.
+transaction, so a killed process loses nothing already written. The store is also the durable
+queue of the worker processes (``explorer.runqueue``): a queued run is a row that a worker
+claims, so it survives a restart of the server.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from explorer.errors import ConfigError
+from explorer.runqueue import QueueOps
 
 STATUSES = ("queued", "running", "completed", "stopped", "failed", "interrupted")
 LIVE = ("queued", "running")
@@ -42,7 +44,7 @@ CREATE TABLE IF NOT EXISTS runs (
     created_at REAL NOT NULL,   -- Unix seconds
     started_at REAL,
     finished_at REAL,
-    owner TEXT                  -- "pid:token" of the process that queued or runs it
+    owner TEXT                  -- "pid:token" of the process that queued or runs it (v1)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -59,6 +61,21 @@ CREATE TABLE IF NOT EXISTS artifacts (
     PRIMARY KEY (run_id, name)
 );
 """
+
+SCHEMA_VERSION = 2
+# Version 2: runs are jobs that worker processes claim from the store (explorer.runqueue).
+_COLUMNS_V2 = {
+    "session": "TEXT",          # the browser session that owns the run (None: imported, CLI)
+    "job": "TEXT",              # what a worker needs besides spec and config, JSON
+    "wants": "TEXT",            # device type the run asks for: auto | cpu | cuda | mps
+    "footprint": "INTEGER",     # estimated bytes of device memory the run needs
+    "stop_requested": "REAL",   # when a stop was asked for (Unix seconds)
+    "worker": "TEXT",           # the worker that claimed the run
+    "device": "TEXT",           # where it trains, e.g. cuda:0
+    "heartbeat": "REAL",        # the worker's last sign of life
+    "total_steps": "INTEGER",   # optimizer steps the run will take
+    "attempts": "INTEGER NOT NULL DEFAULT 0",  # times a worker claimed it
+}
 
 _owner_cache: tuple[int, str] | None = None
 
@@ -104,7 +121,7 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return dict(data)
 
 
-class RunStore:
+class RunStore(QueueOps):
     """A thread-safe handle on the SQLite run store (one connection guarded by a lock)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -121,13 +138,31 @@ class RunStore:
             self._conn.execute("PRAGMA foreign_keys=ON")
             with self._conn:
                 self._conn.executescript(_SCHEMA)
+                self._migrate()
             self._recover()
 
+    def _migrate(self) -> None:
+        """Bring an older file up to SCHEMA_VERSION (caller holds a transaction)."""
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        have = {r["name"] for r in self._conn.execute("PRAGMA table_info(runs)")}
+        for name, kind in _COLUMNS_V2.items():
+            if name not in have:
+                self._conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+        self._conn.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, id)")
+        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     def _recover(self) -> None:
-        """Mark runs whose process is gone as interrupted (live runs of live processes stay)."""
+        """Mark runs that no worker can carry on as interrupted.
+
+        Runs queued as jobs (with a ``job``) stay queued: a worker claims them after a restart.
+        Runs of the thread-era store (no ``job``) whose process is gone cannot be run again; a
+        claimed run whose worker died is the worker pool's to settle (``reap``).
+        """
         me = process_owner()
         rows = self._conn.execute(
-            "SELECT id, owner FROM runs WHERE status IN ('queued', 'running')").fetchall()
+            "SELECT id, owner FROM runs WHERE status IN ('queued', 'running') AND job IS NULL "
+            "AND worker IS NULL").fetchall()
         dead = []
         for row in rows:
             owner = row["owner"] or ""
@@ -156,8 +191,13 @@ class RunStore:
 
     # ---- writing --------------------------------------------------------------------------
     def create_run(self, name: str, spec: Mapping[str, Any], config: Any,
-                   status: str = "queued") -> int:
-        """Store a new run (spec: the model spec dict; config: a TrainConfig or its dict)."""
+                   status: str = "queued", *, session: str | None = None,
+                   job: Mapping[str, Any] | None = None, footprint: int | None = None) -> int:
+        """Store a new run (spec: the model spec dict; config: a TrainConfig or its dict).
+
+        A run with a ``job`` (what a worker needs to load its data) is queued for the worker
+        processes; ``session`` names the browser session that owns it.
+        """
         if not isinstance(name, str) or not name.strip():
             raise ConfigError("a run needs a name; type a few words that describe it.")
         if not isinstance(spec, Mapping):
@@ -165,15 +205,19 @@ class RunStore:
         if status not in STATUSES:
             raise ConfigError(f"status must be one of {', '.join(STATUSES)}, got {status!r}.")
         spec_text = _json(dict(spec), "the model spec")
-        config_text = _json(_config_dict(config), "the training config")
+        config = _config_dict(config)
+        config_text = _json(config, "the training config")
+        job_text = None if job is None else _json(dict(job), "the job")
         now = time.time()
         with self._lock, self._conn:
             cur = self._conn.execute(
                 "INSERT INTO runs (name, spec, config, status, created_at, started_at, "
-                "finished_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "finished_at, owner, session, job, wants, footprint) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name.strip(), spec_text, config_text, status, now,
                  now if status == "running" else None,
-                 now if status in FINAL else None, process_owner()))
+                 now if status in FINAL else None, process_owner(), session, job_text,
+                 str(config.get("device", "auto")), footprint))
             return int(cur.lastrowid)
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
@@ -255,6 +299,9 @@ class RunStore:
             "config": json.loads(row["config"]), "status": row["status"],
             "error": row["error"], "created_at": row["created_at"],
             "started_at": row["started_at"], "finished_at": row["finished_at"],
+            "session": row["session"], "device": row["device"],
+            "total_steps": row["total_steps"],
+            "stop_requested": row["stop_requested"] is not None,
         }
 
     def get_run(self, run_id: int) -> dict[str, Any]:
@@ -301,19 +348,21 @@ class RunStore:
             run = self._run_dict(self._require(run_id))
             rows = self._conn.execute("SELECT kind, step, epoch, data FROM metrics WHERE "
                                       "run_id=? ORDER BY rowid", (run_id,)).fetchall()
-        run.pop("id")
+        for key in ("id", "session", "device", "total_steps", "stop_requested"):
+            run.pop(key)
         return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **run,
                 "metrics": [{"kind": r["kind"], "step": r["step"], "epoch": r["epoch"],
                              "values": json.loads(r["data"])} for r in rows]}
 
-    def import_run(self, data: Mapping[str, Any]) -> int:
+    def import_run(self, data: Mapping[str, Any], session: str | None = None) -> int:
         """Store an exported run under a new id; malformed input raises ConfigError, stores nothing.
 
         A run exported while queued or running is imported as interrupted.
         """
-        return self.import_runs([data])[0]
+        return self.import_runs([data], session)[0]
 
-    def import_runs(self, items: Sequence[Mapping[str, Any]]) -> list[int]:
+    def import_runs(self, items: Sequence[Mapping[str, Any]],
+                    session: str | None = None) -> list[int]:
         """Store several exported runs in one transaction: every one is validated first, and a
         malformed one raises ConfigError (naming it) with nothing stored."""
         checked = []
@@ -330,9 +379,10 @@ class RunStore:
             for run, metrics in checked:
                 cur = self._conn.execute(
                     "INSERT INTO runs (name, spec, config, status, error, created_at, "
-                    "started_at, finished_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                    "started_at, finished_at, owner, session) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
                     (run["name"], run["spec"], run["config"], run["status"], run["error"],
-                     run["created_at"], run["started_at"], run["finished_at"]))
+                     run["created_at"], run["started_at"], run["finished_at"], session))
                 run_id = int(cur.lastrowid)
                 self._conn.executemany(
                     "INSERT INTO metrics (run_id, kind, step, epoch, data) VALUES (?, ?, ?, ?, ?)",

@@ -9,6 +9,7 @@ import torch
 from explorer import bn, bn_charts, bn_lab
 from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
+from explorer.jobs import DataRef
 from explorer.models import validate
 from explorer.registry import get_preset
 from explorer.training import TrainConfig
@@ -18,9 +19,11 @@ from pages.common import (
     drawn,
     fmt_bytes,
     get_manager,
+    is_teacher,
     job_fragment_interval,
     restore_widgets,
     save_widgets,
+    visitor,
     write_query,
 )
 
@@ -31,7 +34,6 @@ VIEWS = {"stats": "Statistics during training", "experiment": "LeNet ± BN", "sc
 BUILD = "Build page"
 FOLD_CHOICES = ("course_resnet18", "course_bn_lenet", "course_resnext", "course_densenet",
                 "course_resnet_3x4_28", "resnet18", "resnet50", "densenet121", "googlenet")
-MAX_LIVE = 50  # recorders of this server's runs kept in memory (older ones reopen from the store)
 # Every section's controls and their first values (the keys are session-state keys; the data
 # directories are added by defaults()).
 DEFAULTS = {
@@ -54,12 +56,6 @@ WRITTEN = "bn_url_written"  # the URL this page wrote last: a different one is a
 
 
 # ---- shared, cached resources -------------------------------------------------------------------
-
-@st.cache_resource
-def live_recorders() -> dict[int, bn_lab.StoredBNRecorder]:
-    """job id → the recorder of a run started on this server (live while it trains)."""
-    return {}
-
 
 @st.cache_data(show_spinner=False)
 def bn_preset_names() -> list[str]:
@@ -149,16 +145,14 @@ def write_url() -> None:
     save_widgets(SAVED, KEPT)
 
 
-def chosen_dataset(prefix: str = "bn"):
-    return dataset(state[f"{prefix}_data"], state.get(f"{prefix}_dir", str(default_data_dir())),
+def data_ref(prefix: str = "bn") -> DataRef:
+    return DataRef(state[f"{prefix}_data"], state.get(f"{prefix}_dir", str(default_data_dir())),
                    state.get(f"{prefix}_download", False))
 
 
-def remember(job: int, recorder: bn_lab.StoredBNRecorder) -> None:
-    live = live_recorders()
-    live[job] = recorder
-    for old in sorted(live)[:-MAX_LIVE]:
-        live.pop(old, None)
+def chosen_dataset(prefix: str = "bn"):
+    ref = data_ref(prefix)
+    return dataset(ref.name, ref.data_dir, ref.download)
 
 
 # ---- Statistics during training -----------------------------------------------------------------
@@ -175,12 +169,12 @@ def start_recording() -> None:
         config = TrainConfig(lr=state["bn_lr"], batch_size=state["bn_batch"],
                              epochs=state["bn_epochs"], metrics_every=5)
         every = None if state["bn_every"] == "auto" else int(state["bn_every"])
-        job, recorder = bn_lab.start_recorded_run(get_manager(), label, spec, config,
-                                                  chosen_dataset(), every=every)
+        job = bn_lab.start_recorded_run(get_manager(), label, spec, config, data_ref(),
+                                        chosen_dataset(), every=every, session=visitor(),
+                                        teacher=is_teacher())
     except ConfigError as exc:
         state["bn_error"] = str(exc)
         return
-    remember(job, recorder)
     state["bn_run"] = job
     forget("bn_layer")
 
@@ -211,13 +205,10 @@ def run_picker() -> int | None:
     runs = bn_lab.recorded_runs(get_manager().store)
     ids = [r["id"] for r in runs]
     if state.get("bn_run") is not None and state["bn_run"] not in ids:
-        if state["bn_run"] in live_recorders():
-            ids.insert(0, state["bn_run"])  # just queued: not yet in this list's query
-        else:
-            st.error(f"Run {state['bn_run']} has no recorded BN statistics here (it may have "
-                     f"been deleted, or trained on the Train page without a recorder); pick "
-                     f"another run or record a new one.")
-            state["bn_run"] = None
+        st.error(f"Run {state['bn_run']} has no recorded BN statistics here (it may have "
+                 f"been deleted, or trained on the Train page without a recorder); pick "
+                 f"another run or record a new one.")
+        state["bn_run"] = None
     if not ids:
         return None
     # No status in the label: the live panel shows it, and a label would go stale while the
@@ -231,11 +222,12 @@ def run_picker() -> int | None:
     return state["bn_run"]
 
 
-def run_data(run_id: int):
-    """(statistics, histograms) of a run: live from this server's recorder, else the store."""
-    rec = live_recorders().get(run_id)
-    if rec is not None:
-        return rec, rec.histograms
+def run_data(run_id: int, live: bool):
+    """(statistics, histograms) of a run from the store: read afresh while its worker trains
+    it (the worker saves every 2 s), read once and cached when it has finished."""
+    if live:
+        store = get_manager().store
+        return bn_lab.load_stats(store, run_id), bn_lab.load_histograms(store, run_id)
     return stored_run(run_id)
 
 
@@ -262,7 +254,7 @@ def status_line(run_id: int) -> bool:
 def stats_panel(run_id: int) -> None:
     """Metrics and figures of one run's BN statistics (redrawn every 2 s while it trains)."""
     live = status_line(run_id)
-    stats, hists = run_data(run_id)
+    stats, hists = run_data(run_id, live)
     if stats is None or not stats.layers or not len(stats.steps):
         if not live:
             st.warning(f"Run {run_id} stored no BN statistics: it ended before its first save. "
@@ -393,12 +385,13 @@ EXPECT = (
 
 def start_experiment() -> None:
     try:
-        exp, recorder = bn_lab.start_experiment(get_manager(), chosen_dataset("bn_exp"),
-                                                state["bn_exp_epochs"], state["bn_exp_seed"])
+        exp = bn_lab.start_experiment(get_manager(), data_ref("bn_exp"),
+                                      chosen_dataset("bn_exp"), state["bn_exp_epochs"],
+                                      state["bn_exp_seed"], session=visitor(),
+                                      teacher=is_teacher())
     except ConfigError as exc:
         state["bn_exp_error"] = str(exc)
         return
-    remember(exp.bn_run, recorder)
     state["bn_exp"] = exp
 
 

@@ -82,18 +82,80 @@ def shape_text(shape) -> str:
 
 
 @st.cache_resource
-def get_manager():
-    """The server's one job manager (a queue and one worker per device), shared by all users."""
+def get_pool():
+    """The server's local worker processes (one per device slot), started on first use; None
+    when $EXPLORER_LOCAL_WORKERS is 0 (workers started by hand, or elsewhere)."""
     import atexit
+    import os
+
+    from explorer.pool import WorkerPool
+    from explorer.runs import default_store_path
+
+    if os.environ.get("EXPLORER_LOCAL_WORKERS", "1") == "0":
+        return None
+    pool = WorkerPool(default_store_path())
+    atexit.register(pool.close)
+    return pool
+
+
+@st.cache_resource
+def get_manager():
+    """The server's view of the training queue (runs are rows of the store that the worker
+    processes claim), shared by all users; starts the local workers."""
+    import os
 
     from explorer.jobs import JobManager
+    from explorer.pool import default_slots
     from explorer.runs import RunStore
 
-    manager = JobManager(RunStore())
-    # Stop the workers before the interpreter exits: a thread killed inside a torch kernel
-    # aborts the process.
-    atexit.register(manager.shutdown)
-    return manager
+    pool = get_pool()
+    slots = pool.slots if pool is not None else default_slots()
+    raw = os.environ.get("EXPLORER_RUNS_PER_VISITOR", "1")
+    per_visitor = int(raw) if raw.isascii() and raw.isdigit() and int(raw) > 0 else 1
+    return JobManager(RunStore(), [s.device for s in slots], max_active=per_visitor)
+
+
+def visitor() -> str:
+    """This browser's anonymous id: it owns the runs it starts (see explorer.ownership)."""
+    import uuid
+
+    from explorer.ownership import visitor_id
+
+    state = st.session_state
+    if "visitor" not in state:
+        state["visitor_fallback"] = uuid.uuid4().hex
+        state["visitor"] = visitor_id(st.context.cookies.get("_streamlit_xsrf"),
+                                      state["visitor_fallback"])
+    return state["visitor"]
+
+
+def is_teacher() -> bool:
+    """True once this session typed the server's teacher key."""
+    return bool(st.session_state.get("teacher"))
+
+
+def teacher_box() -> None:
+    """The teacher key field, in the sidebar, where the server has a key."""
+    from explorer.ownership import is_teacher_key, teacher_key_set
+
+    if not teacher_key_set():
+        return
+    if is_teacher():
+        st.sidebar.caption("Teacher: no run limit; you can stop or delete any run.")
+        return
+
+    def check() -> None:
+        text = st.session_state.pop("teacher_key_input", "")
+        st.session_state["teacher"] = is_teacher_key(text)
+        if not st.session_state["teacher"] and text:
+            st.session_state["teacher_msg"] = "That is not this server's teacher key."
+
+    st.sidebar.text_input("Teacher key", type="password", key="teacher_key_input",
+                          on_change=check, help="Set by the server's owner "
+                          "($EXPLORER_TEACHER_KEY); lifts the one-run limit and lets you stop "
+                          "or delete any run")
+    if "teacher_msg" in st.session_state:
+        st.sidebar.warning(st.session_state.pop("teacher_msg"))
 
 
 def job_fragment_interval(job_id: int) -> float | None:

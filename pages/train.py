@@ -1,4 +1,4 @@
-"""Train: a short run with live Plotly curves, queued on the server's job manager."""
+"""Train: a short run with live Plotly curves, trained by the server's worker processes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from explorer import charts
 from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
 from explorer.io import read_runs, runs_to_json
-from explorer.models import build, validate
+from explorer.jobs import DataRef
+from explorer.models import validate
 from explorer.registry import PRESETS, get_preset
 from explorer.training import INITS, OPTIMIZERS, SCHEDULES, TrainConfig
 from pages.common import (
@@ -21,9 +22,12 @@ from pages.common import (
     drawn,
     fmt_count,
     get_manager,
+    is_teacher,
     job_fragment_interval,
     restore_widgets,
     save_widgets,
+    teacher_box,
+    visitor,
     write_query,
 )
 
@@ -112,11 +116,10 @@ def start() -> None:
         name, spec = chosen_spec()
         validate(spec)
         config = config_from_widgets()
-        data = dataset(state["tr_data"], state.get("tr_dir", ""),
-                       state.get("tr_download", False))
-        job = get_manager().submit(f"{name} · {data.name}", spec.to_dict(), config,
-                                   model_fn=lambda: build(spec), input_shape=spec.input_shape,
-                                   dataset=data, num_classes=spec.num_classes)
+        ref = DataRef(state["tr_data"], state.get("tr_dir", ""), state.get("tr_download", False))
+        data = dataset(ref.name, ref.data_dir, ref.download)  # a missing dataset: a sentence now
+        job = get_manager().submit(f"{name} · {data.name}", spec.to_dict(), config, ref,
+                                   session=visitor(), teacher=is_teacher())
     except ConfigError as exc:
         state["tr_error"] = str(exc)
         return
@@ -161,18 +164,27 @@ def settings_panel() -> None:
 
 
 def status_line(job_id: int, snap) -> None:
+    whose = "Your run" if snap.session == visitor() else "Run"
     if snap.status == "queued":
-        st.info(f"Run {job_id} is waiting: position {snap.queue_position} in the queue "
-                f"(one run per device at a time).")
+        st.info(f"{whose} {job_id} is waiting: position {snap.queue_position} in the queue. "
+                f"Each worker of this server trains one run at a time, and the queue takes "
+                f"one run of each visitor in turn.")
     elif snap.stopping:
         st.warning(f"Run {job_id} is stopping: the step in flight finishes first, which takes "
                    f"long only for a big model on the CPU. What it measured is kept.")
     elif snap.status == "running":
-        st.success(f"Run {job_id} is training on {snap.device}.")
+        st.success(f"{whose} {job_id} is training on {snap.device}.")
     elif snap.status == "failed":
-        st.error(f"Run {job_id} failed: {snap.error}")
+        st.error(f"{whose} {job_id} failed: {snap.error}")
     else:
-        st.info(f"Run {job_id} {snap.status}.")
+        st.info(f"{whose} {job_id} {snap.status}.")
+
+
+def stop_run(job_id: int) -> None:
+    try:
+        get_manager().stop(job_id, visitor(), is_teacher())
+    except ConfigError as exc:
+        state["tr_stop_msg"] = str(exc)
 
 
 def live_panel(job_id: int) -> None:
@@ -187,11 +199,14 @@ def live_panel(job_id: int) -> None:
         st.query_params.pop("run", None)
         return
     status_col, stop_col = st.columns([5, 1], vertical_alignment="center")
-    if not snap.done and not snap.stopping:
+    if not snap.done and not snap.stopping and manager.may_manage(
+            {"session": snap.session}, visitor(), is_teacher()):
         stop_col.button("Stop", key=f"stop_{job_id}", type="primary", width="stretch",
-                        on_click=manager.stop, args=(job_id,))
+                        on_click=stop_run, args=(job_id,))
     with status_col:
         status_line(job_id, snap)
+        if "tr_stop_msg" in state:
+            st.error(state.pop("tr_stop_msg"))
     last = snap.step_metrics[-1] if snap.step_metrics else {}
     epochs = snap.epoch_metrics
     if snap.total_steps:
@@ -224,7 +239,8 @@ def on_import() -> None:
     if upload is None:
         return
     try:
-        ids = get_manager().store.import_runs(read_runs(upload.getvalue(), upload.name))
+        ids = get_manager().store.import_runs(read_runs(upload.getvalue(), upload.name),
+                                              session=visitor())
     except ConfigError as exc:
         state["tr_import_msg"] = ("error", str(exc))
         return
@@ -233,20 +249,20 @@ def on_import() -> None:
 
 
 def delete_runs(ids: list[int]) -> None:
-    """Delete the finished runs among ``ids``; a live one stays, with a sentence saying why."""
-    manager, kept, notes = get_manager(), [], []
+    """Delete the chosen runs this visitor may delete (a teacher: any), after the confirmation.
+
+    A queued run of one's own goes at once; a training one is stopped and kept, with a sentence,
+    until it has stopped; someone else's run stays, with a sentence.
+    """
+    manager, deleted, notes = get_manager(), [], []
     for i in ids:
-        own = i == state.get("tr_job")
         try:
-            if own:
-                manager.stop(i)  # a queued run ends at once; a training one after its step
-            manager.store.delete_run(i)
-        except ConfigError:  # still queued or training
-            notes.append(f"Run {i} is stopping; delete it once it has stopped." if own else
-                         f"Run {i} is still queued or training (it was started elsewhere); "
-                         f"it can be deleted once it has ended.")
-            kept.append(i)
-    state["tr_overlay"] = kept
+            manager.delete(i, visitor(), is_teacher())
+            deleted.append(i)
+        except ConfigError as exc:
+            notes.append(f"Run {i}: {exc}")
+    state["tr_overlay"] = [i for i in state.get("tr_overlay", []) if i not in deleted]
+    state.pop("tr_confirm_delete", None)
     if notes:
         state["tr_delete_msg"] = " ".join(notes)
 
@@ -262,8 +278,10 @@ def history() -> None:
     if not runs:
         st.caption("No runs yet. Start one above.")
         return
+    me, teacher = visitor(), is_teacher()
     table = pd.DataFrame(runs)
-    show = [c for c in ("id", "name", "status", "created_at", "error") if c in table]
+    table["whose"] = ["yours" if r["session"] == me else "others'" for r in runs]
+    show = [c for c in ("id", "name", "whose", "status", "created_at", "error") if c in table]
     table = table[show]
     if "created_at" in table:  # a time no calendar can show reads as blank, not as an error
         table["created_at"] = pd.to_datetime(table["created_at"], unit="s",
@@ -291,7 +309,21 @@ def history() -> None:
         c2.download_button("Runs (JSON, to import elsewhere)",
                            runs_to_json([store.export_run(i) for i in chosen]), "runs.json",
                            "application/json")
-        c3.button(f"Delete {len(chosen)} selected run(s)", on_click=delete_runs, args=(chosen,))
+        deletable = [i for i in chosen
+                     if get_manager().may_manage(next(r for r in runs if r["id"] == i), me,
+                                                 teacher)]
+        if deletable and c3.button(f"Delete {len(deletable)} of your run(s)…"
+                                   if not teacher else f"Delete {len(deletable)} run(s)…"):
+            state["tr_confirm_delete"] = deletable
+        elif not deletable:
+            c3.caption("Only the visitor who started a run (or the teacher) can delete it.")
+        confirm = state.get("tr_confirm_delete")
+        if confirm:
+            st.warning(f"Delete run(s) {', '.join(f'#{i}' for i in confirm)} for good? Their "
+                       f"metrics go too; this cannot be undone.")
+            y, n = st.columns(2)
+            y.button("Yes, delete", type="primary", on_click=delete_runs, args=(confirm,))
+            n.button("Cancel", on_click=lambda: state.pop("tr_confirm_delete", None))
     if "tr_delete_msg" in state:
         st.warning(state.pop("tr_delete_msg"))
 
@@ -303,6 +335,7 @@ else:
     restore_widgets(SAVED)
 
 st.title("Train")
+teacher_box()
 if "tr_url_warning" in state:
     st.warning(state.pop("tr_url_warning"))
 left, right = st.columns([1, 2.3], gap="medium")
@@ -325,8 +358,9 @@ write_query(wanted, owned=lambda k: k in SPEC_QUERY_KEYS or k == "run")
 with right:
     job_id = state.get("tr_job")
     if job_id is None:
-        st.info("Choose a model and press **Start training**. On this server runs queue, one "
-                "per device; the curves update every second while a run trains.")
+        st.info("Choose a model and press **Start training**. The server's worker processes "
+                "train the queued runs, one run of each visitor in turn; the curves update "
+                "every second while a run trains.")
     else:
         interval = job_fragment_interval(job_id)
         if interval:

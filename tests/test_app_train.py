@@ -39,7 +39,7 @@ def test_start_a_tiny_run_and_see_its_curves():
     run_id = int(at.query_params["run"][0] if isinstance(at.query_params["run"], list)
                  else at.query_params["run"])
     wait_done(at)
-    assert any(f"Run {run_id} completed" in x.value for x in at.info)
+    assert any(f"Your run {run_id} completed" in x.value for x in at.info)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Loss"] != "–" and metrics["Test acc"].endswith("%")
     # The loss and accuracy figures carry data points.
@@ -189,24 +189,54 @@ def test_history_survives_a_stored_time_no_calendar_shows():
     store.delete_run(run_id)
 
 
-def test_deleting_a_live_run_keeps_it_with_a_sentence_and_deletes_the_others():
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def test_a_visitor_deletes_only_their_own_runs_after_a_confirmation():
     from explorer.registry import get_preset
     from explorer.runs import RunStore
 
     store = RunStore()
     spec = get_preset("course_lenet5").spec.to_dict()
-    live = store.create_run("someone else's", spec, {"epochs": 1}, status="running")
-    done = store.create_run("finished", spec, {"epochs": 1}, status="completed")
     at = train_page()
-    at.multiselect(key="tr_overlay").select(live).select(done).run()
-    next(b for b in at.button if b.label == "Delete 2 selected run(s)").click().run()
+    me = at.session_state["visitor"]
+    theirs = store.create_run("someone else's", spec, {"epochs": 1}, status="completed",
+                              session="another browser")
+    mine = store.create_run("mine", spec, {"epochs": 1}, status="completed", session=me)
+    at.run()
+    at.multiselect(key="tr_overlay").select(theirs).run()
+    assert not [b for b in at.button if b.label.startswith("Delete")]
+    assert any("Only the visitor who started a run" in c.value for c in at.caption)
+    at.multiselect(key="tr_overlay").select(mine).run()
+    button(at, "Delete 1 of your run(s)…").click().run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    assert mine in [r["id"] for r in store.list_runs(limit=1000)]  # not before the yes
+    button(at, "Yes, delete").click().run()
     assert not at.exception, at.exception
-    assert any(f"Run {live} is still queued or training" in w.value for w in at.warning)
     ids = [r["id"] for r in store.list_runs(limit=1000)]
-    assert live in ids and done not in ids
-    assert at.multiselect(key="tr_overlay").value == [live]
-    store.set_status(live, "stopped")
-    store.delete_run(live)
+    assert theirs in ids and mine not in ids
+    assert at.multiselect(key="tr_overlay").value == [theirs]
+    store.delete_run(theirs)
+
+
+def test_the_teacher_key_lets_the_teacher_delete_any_run(monkeypatch):
+    from explorer.registry import get_preset
+    from explorer.runs import RunStore
+
+    monkeypatch.setenv("EXPLORER_TEACHER_KEY", "blackboard")
+    store = RunStore()
+    theirs = store.create_run("a student's", get_preset("course_lenet5").spec.to_dict(),
+                              {"epochs": 1}, status="completed", session="a student")
+    at = train_page()
+    at.text_input(key="teacher_key_input").input("chalk").run()
+    assert any("not this server's teacher key" in w.value for w in at.sidebar.warning)
+    at.text_input(key="teacher_key_input").input("blackboard").run()
+    assert any("Teacher:" in c.value for c in at.sidebar.caption)
+    at.multiselect(key="tr_overlay").select(theirs).run()
+    button(at, "Delete 1 run(s)…").click().run()
+    button(at, "Yes, delete").click().run()
+    assert theirs not in [r["id"] for r in store.list_runs(limit=1000)]
 
 
 def test_a_data_directory_survives_switching_to_the_offline_set_and_back():

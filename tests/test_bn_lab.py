@@ -13,8 +13,9 @@ from explorer import bn, bn_lab
 from explorer.bn import BNStatsRecorder
 from explorer.data import BatchTransform, load_dataset
 from explorer.errors import ConfigError
-from explorer.jobs import JobManager
+from explorer.jobs import DataRef, JobManager
 from explorer.models import build
+from explorer.pool import Slot, WorkerPool
 from explorer.registry import PRESETS, get_preset
 from explorer.runs import RunStore
 from explorer.specs import DenseNetSpec, ResNetSpec, ResNeXtSpec, Stage, VGGBlock, VGGSpec
@@ -244,33 +245,38 @@ def test_histogram_forward_does_not_leak_into_an_armed_step(store, digits):
     np.testing.assert_allclose(rec.series("features.bn1", "batch_mean")[1], mean, atol=1e-5)
 
 
-def test_job_manager_run_and_the_experiment(store, digits):
-    data = digits.subset(512, 100)
+def test_worker_runs_record_and_the_experiment(store, digits):
+    """Recorded runs and the experiment go through the worker processes; their recorders
+    live in the worker and save into the store, where the page reads them."""
     manager = JobManager(store, ["cpu"])
+    ref = DataRef("offline-mnist")
+    with pytest.raises(ConfigError, match="no batch-norm layer"):
+        bn_lab.start_recorded_run(manager, "course_lenet", get_preset("course_lenet").spec,
+                                  TrainConfig(epochs=1), ref, digits, session="a")
+    with pytest.raises(ConfigError, match="record less often"):
+        # Every step of 100 epochs of ResNet-18 (3,904 channels) on 4,000 digits: 3,100 rows.
+        bn_lab.start_recorded_run(manager, "course_resnet18", get_preset("course_resnet18").spec,
+                                  TrainConfig(batch_size=128, epochs=100), ref, digits, every=1,
+                                  session="a")
+    four = TrainConfig(batch_size=128, epochs=1, max_steps=4)
+    job = bn_lab.start_recorded_run(manager, "course_bn_lenet", bn_lenet(), four, ref, digits,
+                                    every=1, session="a")
+    auto_job = bn_lab.start_recorded_run(manager, "course_bn_lenet", bn_lenet(),
+                                         dataclasses.replace(four, seed=1), ref, digits,
+                                         session="b")
+    exp = bn_lab.start_experiment(manager, ref, digits, epochs=1, seed=7, session="c")
+    with pytest.raises(ConfigError, match="at a time"):  # the pair counts as one visitor's
+        bn_lab.start_experiment(manager, ref, digits, epochs=1, seed=8, session="c")
+    pool = WorkerPool(store.path, [Slot("cpu", 1)])
     try:
-        with pytest.raises(ConfigError, match="no batch-norm layer"):
-            bn_lab.start_recorded_run(manager, "course_lenet", get_preset("course_lenet").spec,
-                                      TrainConfig(epochs=1), data)
-        with pytest.raises(ConfigError, match="record less often"):
-            # Every step of 100 epochs of ResNet-18 (3,904 channels): 400 rows, 37 MB.
-            bn_lab.start_recorded_run(manager, "course_resnet18",
-                                      get_preset("course_resnet18").spec,
-                                      TrainConfig(batch_size=128, epochs=100), data, every=1)
-        job, rec = bn_lab.start_recorded_run(manager, "course_bn_lenet", bn_lenet(),
-                                             TrainConfig(batch_size=128, epochs=1), data,
-                                             every=1)
-        assert rec.run_id == job and rec.every == 1
-        auto_job, auto_rec = bn_lab.start_recorded_run(
-            manager, "course_bn_lenet", bn_lenet(), TrainConfig(batch_size=128, epochs=1), data)
-        assert auto_rec.every == bn_lab.MIN_EVERY  # 4 steps: the 5% floor decides
-        exp, exp_rec = bn_lab.start_experiment(manager, data, epochs=1, seed=7)
-        assert exp_rec.every == 1
         for run in (job, auto_job, exp.bn_run, exp.plain_run):
-            assert manager.wait(run, timeout=120).status == "completed"
+            snap = manager.wait(run, timeout=300)
+            assert snap.status == "completed", snap.error
     finally:
-        manager.shutdown()
+        pool.close()
     assert bn_lab.load_stats(store, job).steps.tolist() == [1, 2, 3, 4]
-    assert bn_lab.load_stats(store, auto_job).steps.tolist() == [1]  # the first step always
+    auto = bn_lab.load_stats(store, auto_job)
+    assert auto.every == bn_lab.MIN_EVERY and auto.steps.tolist() == [1]  # 4 steps: the floor
     assert [r["id"] for r in bn_lab.recorded_runs(store)] == [exp.bn_run, auto_job, job]
     with_bn, without = store.get_run(exp.bn_run), store.get_run(exp.plain_run)
     # d2l §8.5: plain SGD at lr 1.0, batch 256, Xavier init, same seed for both.

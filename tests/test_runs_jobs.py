@@ -1,15 +1,9 @@
-"""The SQLite run store and the job manager: queueing, stop, failures, crashes, export/import."""
+"""The SQLite run store: runs, metrics, thread-era recovery, export and import (the job queue
+and its worker processes are tested in test_workers.py)."""
 
 import copy
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +12,6 @@ from torch import nn
 
 from explorer.data import ImageDataset
 from explorer.errors import ConfigError
-from explorer.jobs import JobManager
 from explorer.runs import RunStore, StoreCallback
 from explorer.training import TrainConfig, train
 
@@ -49,13 +42,6 @@ def store(tmp_path):
     s = RunStore(tmp_path / "runs.sqlite")
     yield s
     s.close()
-
-
-@pytest.fixture
-def manager(store):
-    m = JobManager(store, devices=["cpu"], concurrency=1)
-    yield m
-    m.shutdown()
 
 
 def count_rows(path: Path) -> tuple[int, int]:
@@ -167,202 +153,6 @@ def test_reopening_marks_runs_of_dead_processes_interrupted_but_not_live_ones(tm
             assert "ended before it finished" in second.get_run(dead)["error"]
 
 
-KILLED_JOB = textwrap.dedent("""
-    import sys, torch
-    from torch import nn
-    torch.set_num_threads(1)
-    from explorer.data import ImageDataset
-    from explorer.jobs import JobManager
-    from explorer.runs import RunStore
-    from explorer.training import TrainConfig
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (160, 1, 8, 8), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 10, (160,), generator=g)
-    ds = ImageDataset("synthetic", x[:128], y[:128], x[128:], y[128:], tuple("0123456789"))
-    manager = JobManager(RunStore(sys.argv[1]), devices=["cpu"])
-    job = manager.submit("killed mid-way", {"family": "tiny"},
-                         TrainConfig(batch_size=32, epochs=100_000, device="cpu"),
-                         lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), (1, 8, 8), ds)
-    manager.wait(job)
-""")
-
-
-def test_a_killed_training_process_keeps_its_epochs_and_is_marked_interrupted(tmp_path):
-    path = tmp_path / "runs.sqlite"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_JOB, str(path)], env=env, cwd=ROOT)
-    try:
-        seen = []
-        deadline = time.monotonic() + 60
-        while not seen and time.monotonic() < deadline:
-            assert proc.poll() is None, "the training subprocess ended on its own"
-            time.sleep(0.05)
-            if path.exists():
-                with sqlite3.connect(path, timeout=10) as conn:
-                    try:
-                        seen = conn.execute("SELECT run_id, step, epoch, data FROM metrics WHERE "
-                                            "kind='epoch' ORDER BY rowid").fetchall()
-                    except sqlite3.OperationalError:  # the schema is not there yet
-                        seen = []
-        assert seen, "the training subprocess wrote no epoch within 60 s"
-        with RunStore(path) as peek:  # the process is alive: its run stays running
-            assert peek.get_run(seen[0][0])["status"] == "running"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == -signal.SIGKILL
-    with RunStore(path) as reopened:
-        run = reopened.get_run(seen[0][0])
-        assert run["status"] == "interrupted" and run["finished_at"] is not None
-        epochs = reopened.metrics(run["id"], "epoch")
-    assert len(epochs) >= len(seen)
-    for (_, step, epoch, data), (_, row) in zip(seen, epochs.iterrows(), strict=False):
-        assert (row.step, row.epoch) == (step, epoch)
-        assert row.test_acc == pytest.approx(json.loads(data)["test_acc"])
-
-
-# ---- the job manager ----------------------------------------------------------------------------
-class Gate:
-    """A callback that holds a run at its start until released, and logs start/end order."""
-
-    def __init__(self, name, log, hold=False):
-        self.name, self.log = name, log
-        self.release = threading.Event()
-        self.started = threading.Event()
-        if not hold:
-            self.release.set()
-
-    def on_run_start(self, ctx):
-        self.log.append(("start", self.name))
-        self.started.set()
-        assert self.release.wait(20)
-
-    def on_run_end(self, ctx, status):
-        self.log.append(("end", self.name))
-
-
-def test_jobs_on_one_worker_run_one_after_the_other_with_queue_positions(manager, store):
-    log = []
-    gates = {n: Gate(n, log, hold=(n == "a")) for n in "abc"}
-    ids = {n: manager.submit(f"job {n}", SPEC, CFG, tiny, (1, 8, 8), synthetic(),
-                             callbacks=[gates[n]]) for n in "abc"}
-    assert gates["a"].started.wait(20)
-    assert manager.get(ids["a"]).status == "running"
-    assert manager.queue_position(ids["a"]) is None
-    assert manager.queue_position(ids["b"]) == 1 and manager.queue_position(ids["c"]) == 2
-    assert manager.get(ids["c"]).queue_position == 2
-    assert store.get_run(ids["b"])["status"] == "queued"
-    gates["a"].release.set()
-    for n in "abc":
-        assert manager.wait(ids[n], timeout=20).status == "completed"
-    assert log == [("start", "a"), ("end", "a"), ("start", "b"), ("end", "b"),
-                   ("start", "c"), ("end", "c")]
-    assert manager.queue_position(ids["c"]) is None
-
-
-def test_stop_by_job_id_for_a_running_and_a_queued_job(manager, store):
-    log = []
-    long = TrainConfig(batch_size=16, epochs=100_000, device="cpu")
-    first = manager.submit("long", SPEC, long, tiny, (1, 8, 8), synthetic())
-    second = manager.submit("waiting", SPEC, CFG, tiny, (1, 8, 8), synthetic(),
-                            callbacks=[Gate("w", log)])
-    deadline = time.monotonic() + 20
-    while manager.get(first).step < 10 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert manager.stop(second) is True  # queued: leaves the queue without running
-    assert manager.get(second).status == "stopped" and log == []
-    t0 = time.perf_counter()
-    assert manager.stop(first) is True
-    snap = manager.wait(first, timeout=5)
-    assert time.perf_counter() - t0 < 1.0
-    assert snap.status == "stopped" and snap.step >= 10  # kept what it measured
-    assert store.get_run(first)["status"] == "stopped"
-    assert manager.stop(first) is False  # already finished
-
-
-def test_a_running_job_reads_stopping_until_its_step_in_flight_ends(manager, store):
-    """A big model on the CPU can spend a minute in one step: the page says "stopping"."""
-    in_step, finish_step = threading.Event(), threading.Event()
-
-    class SlowStep:
-        def on_step_end(self, ctx, metrics):
-            in_step.set()
-            assert finish_step.wait(20)
-
-    job = manager.submit("slow", SPEC, TrainConfig(batch_size=16, epochs=3, device="cpu"), tiny,
-                         (1, 8, 8), synthetic(), callbacks=[SlowStep()])
-    assert in_step.wait(20)
-    assert manager.get(job).stopping is False
-    assert manager.stop(job) is True
-    snap = manager.get(job)
-    assert snap.status == "running" and snap.stopping is True
-    finish_step.set()
-    snap = manager.wait(job, timeout=10)
-    assert snap.status == "stopped" and snap.stopping is False
-    assert manager.get(job).stopping is False
-
-
-def test_a_failing_job_is_marked_failed_and_the_next_one_runs(manager, store):
-    class Exploding(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            raise ValueError("kaboom in forward")
-
-    class OutOfMemory(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.zeros(1))
-
-        def forward(self, x):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    def broken_builder():
-        raise RuntimeError("the builder broke")
-
-    failing = [manager.submit("explodes", SPEC, CFG, Exploding, (1, 8, 8), synthetic()),
-               manager.submit("oom", SPEC, CFG, OutOfMemory, (1, 8, 8), synthetic()),
-               manager.submit("no model", SPEC, CFG, broken_builder, (1, 8, 8), synthetic())]
-    fine = manager.submit("fine", SPEC, CFG, tiny, (1, 8, 8), lambda: synthetic(seed=1))
-    snaps = [manager.wait(j, timeout=20) for j in failing]
-    assert [s.status for s in snaps] == ["failed"] * 3
-    assert "kaboom in forward" in snaps[0].error
-    assert "ran out of memory" in snaps[1].error and "batch_size" in snaps[1].error
-    assert "the builder broke" in snaps[2].error
-    assert store.get_run(failing[1])["error"] == snaps[1].error
-    assert manager.wait(fine, timeout=20).status == "completed"
-
-
-def test_buffer_matches_the_store_and_a_reload_reattaches_by_job_id(manager, store):
-    job = manager.submit("watched", SPEC, CFG, tiny, (1, 8, 8), synthetic())
-    live = manager.wait(job, timeout=20)
-    assert live.status == "completed" and live.total_steps == 8 and live.step == 8
-    assert [m["step"] for m in live.step_metrics] == [2, 4, 6, 8]
-    # A new manager on the same store (a server restart) finds the run by its id.
-    other = JobManager(store, devices=["cpu"])
-    try:
-        again = other.get(job)
-    finally:
-        other.shutdown()
-    assert again.status == "completed"
-    assert [m["step"] for m in again.epoch_metrics] == [m["step"] for m in live.epoch_metrics]
-    assert [m["test_acc"] for m in again.epoch_metrics] == pytest.approx(
-        [m["test_acc"] for m in live.epoch_metrics])
-    with pytest.raises(ConfigError, match="does not exist"):
-        manager.get(job + 1000)
-
-
-def test_submit_rejects_a_device_without_a_worker(manager):
-    with pytest.raises(ConfigError, match="no worker"):
-        manager.submit("gpu please", SPEC, TrainConfig(device="mps"), tiny, (1, 8, 8),
-                       synthetic())
-
-
 def test_import_runs_is_all_or_none_and_finds_runs_by_spec(tmp_path):
     from explorer.io import read_runs, runs_to_json
 
@@ -387,3 +177,33 @@ def test_import_runs_is_all_or_none_and_finds_runs_by_spec(tmp_path):
         read_runs(b'{"family": "vgg"}', "spec.json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         read_runs(b"{", "x.json")
+
+
+V1_SCHEMA = """
+CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, spec TEXT NOT NULL,
+    config TEXT NOT NULL, status TEXT NOT NULL, error TEXT, created_at REAL NOT NULL,
+    started_at REAL, finished_at REAL, owner TEXT);
+CREATE TABLE metrics (run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL, data TEXT NOT NULL);
+INSERT INTO runs (name, spec, config, status, created_at, finished_at)
+    VALUES ('from the thread era', '{"family": "lenet"}', '{"epochs": 1}', 'completed', 1.0, 2.0);
+INSERT INTO metrics VALUES (1, 'epoch', 5, 1, '{"test_acc": 0.5}');
+"""
+
+
+def test_a_store_of_the_thread_era_opens_migrated_with_its_runs(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # the schema as the first round wrote it
+        conn.executescript(V1_SCHEMA)
+    with RunStore(path) as store:
+        run = store.get_run(1)
+        assert (run["name"], run["status"], run["session"]) == ("from the thread era",
+                                                                "completed", None)
+        assert store.metrics(1)["test_acc"].tolist() == [0.5]
+        new = store.create_run("new", {"family": "lenet"}, {"epochs": 1}, session="s",
+                               job={"dataset": "offline-mnist"})
+        assert store.claim("w", "cpu", "cpu")["id"] == new
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    assert {"session", "job", "worker", "heartbeat", "stop_requested"} <= columns

@@ -1,0 +1,161 @@
+"""The local worker pool: one worker process per device slot, restarted when one dies.
+
+The app starts one pool per server (``make run`` stays the only command). A monitor thread
+watches the processes: a worker that ends while it trains a run (killed by the kernel for
+memory, a crash) leaves that run failed with a sentence, and a new worker takes its slot. The
+workers end with the server; a queued run stays in the store for the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from explorer.errors import ConfigError
+from explorer.runs import RunStore
+from explorer.worker import STOP_EXIT
+
+log = logging.getLogger(__name__)
+MONITOR_S = 0.25  # how often the pool looks at its processes
+REAP_EVERY = 40  # monitor ticks between sweeps for runs of workers gone elsewhere (10 s)
+OOM_HINT = ("Most often the machine ran out of memory: lower the batch size or the input size, "
+            "or choose a smaller model.")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One worker's place: its device and the torch threads it may use."""
+
+    device: str
+    threads: int | None = None
+
+
+def default_slots() -> list[Slot]:
+    """Slots from the server's settings: $EXPLORER_SLOTS per device (default: 1 on a CPU with
+    every core, $EXPLORER_GPU_SLOTS = 4 per GPU so that a class's small runs share it).
+
+    CUDA is not initialised here: the server only counts the devices.
+    """
+    import torch
+
+    def count(name: str, default: int) -> int:
+        raw = os.environ.get(name, "")
+        if not raw:
+            return default
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 64:
+            raise ConfigError(f"${name} must be a whole number from 1 to 64, got {raw[:20]!r}.")
+        return int(raw)
+
+    if torch.cuda.is_available():
+        per_gpu = count("EXPLORER_GPU_SLOTS", count("EXPLORER_SLOTS", 4))
+        return [Slot(f"cuda:{i}", 1) for i in range(torch.cuda.device_count())
+                for _ in range(per_gpu)]
+    n = count("EXPLORER_SLOTS", 1)
+    cores = os.cpu_count() or 1
+    return [Slot("cpu", max(1, cores // n)) for _ in range(n)]
+
+
+class _Process:
+    def __init__(self, slot: Slot, popen: subprocess.Popen, ident: str) -> None:
+        self.slot, self.popen, self.ident = slot, popen, ident
+
+
+class WorkerPool:
+    """Start, watch and restart the worker processes of one server.
+
+    Args:
+        db: the run store's file (every worker opens its own connection).
+        slots: the workers to run (``default_slots()``).
+    """
+
+    def __init__(self, db: str | Path, slots: list[Slot] | None = None) -> None:
+        self.db = str(db)
+        self.slots = list(slots) if slots is not None else default_slots()
+        self.store = RunStore(self.db)
+        self._procs: list[_Process] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self.restarts = 0
+        self.store.reap()  # runs left by workers of a server that is gone
+        for slot in self.slots:
+            self._procs.append(self._spawn(slot))
+        self._monitor = threading.Thread(target=self._watch, daemon=True,
+                                         name="explorer-worker-pool")
+        self._monitor.start()
+
+    def _spawn(self, slot: Slot) -> _Process:
+        ident = f"{socket.gethostname()}:pool{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        cmd = [sys.executable, "-m", "explorer", "worker", "--db", self.db, "--device",
+               slot.device, "--id", ident, "--parent", str(os.getpid())]
+        if slot.threads:
+            cmd += ["--threads", str(slot.threads)]
+        root = Path(__file__).resolve().parent.parent
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(
+            p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+        return _Process(slot, subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL), ident)
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids, slot by slot."""
+        with self._lock:
+            return [p.popen.pid for p in self._procs]
+
+    def _watch(self) -> None:
+        ticks = 0
+        while not self._closed.wait(MONITOR_S):
+            with self._lock:
+                for i, proc in enumerate(self._procs):
+                    code = proc.popen.poll()
+                    if code is None or self._closed.is_set():
+                        continue
+                    self._settle(proc, code)
+                    self._procs[i] = self._spawn(proc.slot)
+                    self.restarts += 1
+            ticks += 1
+            if ticks % REAP_EVERY == 0:
+                try:
+                    self.store.reap()
+                except Exception:
+                    log.exception("could not sweep the store for runs of dead workers")
+
+    def _settle(self, proc: _Process, code: int) -> None:
+        if code == STOP_EXIT:
+            why, hint = "it ended itself to stop the run", ""
+        elif code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            why = f"killed by signal {name}"
+            hint = OOM_HINT if -code == signal.SIGKILL else ""
+        else:
+            why, hint = f"exit status {code}", ""
+        try:
+            ids = self.store.settle_worker(proc.ident, why, hint)
+        except Exception:
+            log.exception("could not settle the runs of worker %s", proc.ident)
+            return
+        if ids:
+            log.warning("worker %s ended (%s) during run(s) %s", proc.ident, why, ids)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the workers (a run in flight is queued again for the next server)."""
+        self._closed.set()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+        for proc in procs:
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+            self.store.settle_worker(proc.ident, "the server stopped", requeue=True)
+        self.store.close()
