@@ -250,9 +250,10 @@ class Callback:
 
     on_run_start(ctx) once before the first step; on_step_end(ctx, metrics) after every
     optimizer step, where ``metrics`` is None except on the steps that read numbers back from the
-    device (every ``metrics_every`` steps, each epoch's last step and the step a stop arrives):
-    reading them every step would synchronise the GPU; on_epoch_end(ctx, metrics) after each
-    epoch's evaluation; on_run_end(ctx, status) once with completed, stopped or failed.
+    device (the first step, every ``metrics_every`` steps, each epoch's last step and the step a
+    stop arrives): reading them every step would synchronise the GPU; on_epoch_end(ctx, metrics)
+    after each epoch's evaluation; on_run_end(ctx, status) once with completed, stopped or
+    failed.
     """
 
     def on_run_start(self, ctx: RunContext) -> None:
@@ -424,7 +425,10 @@ class _Run:
                 # Checked after every step, so a stop costs at most the step in flight and the
                 # steps since the last report are flushed, not lost.
                 stopping = self.stop.is_set()
-                report = ctx.step % cfg.metrics_every == 0 or i == steps - 1 or stopping
+                # Step 1 reports too, so that a page shows progress and an ETA from the first
+                # step on instead of a frozen "step 0" for a slow model.
+                report = (ctx.step % cfg.metrics_every == 0 or i == steps - 1 or stopping
+                          or ctx.step == 1)
                 self._emit("on_step_end", self._flush() if report else None)
                 if stopping:
                     self.result.status = "stopped"
