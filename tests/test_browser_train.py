@@ -19,7 +19,7 @@ def points(title: str) -> str:
 POINTS = points("Training loss")
 
 
-def test_start_a_run_and_see_the_loss_curve_grow(app_url, page, screenshot):
+def test_start_a_run_and_see_the_loss_curve_grow(app_url, browser, page, screenshot):
     # Two epochs of the course LeNet-5 on the offline digits (31 steps each, metrics every 5).
     page.goto(f"{app_url}/train?tr_epochs=2&tr_preset=course_lenet5")
     page.get_by_role("button", name="Start training").wait_for(timeout=90_000)
@@ -34,3 +34,14 @@ def test_start_a_run_and_see_the_loss_curve_grow(app_url, page, screenshot):
     page.wait_for_function(f"() => ({points('Accuracy per epoch')})() == 2", timeout=60_000)
     assert page.evaluate(POINTS) >= 12  # 62 steps reported every 5 steps
     screenshot(page, "train-live-run")
+
+    # A reload in the same browser still owns the run (the visitor is the browser, not the tab);
+    # another browser sees the run as someone else's.
+    run_id = page.url.split("run=")[1].split("&")[0]
+    page.reload()
+    page.get_by_text(f"Your run {run_id} completed").wait_for(timeout=90_000)
+    other = browser.new_context(viewport={"width": 1280, "height": 720}).new_page()
+    other.goto(f"{app_url}/train?run={run_id}")
+    other.get_by_text(f"Run {run_id} completed").wait_for(timeout=90_000)
+    assert other.get_by_text(f"Your run {run_id}").count() == 0
+    other.context.close()
