@@ -6,6 +6,7 @@ an output pixel's gradient with respect to the input is nonzero exactly on its r
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -162,10 +163,11 @@ def test_lenet_like_stack():
     # conv5: 5, jump 1; pool2: 5 + 1 = 6, jump 2; conv5: 6 + 4·2 = 14; pool2: 14 + 2 = 16, jump 4
     assert [rfs[k] for k in ("0", "2", "3", "5")] == [(5, 1), (6, 2), (14, 2), (16, 4)]
     a = analyze(model, (1, 28, 28))
-    assert a.totals["receptive_field"] == 16  # at the flatten's input, the classifier's start
+    assert a.totals["receptive_field"] == 16  # the last spatial map: the second pool's output
     assert a.totals["receptive_field_jump"] == 4
-    # flatten spans the remaining 4×4 map: 16 + 3·4 = 28, the whole image
-    assert rfs["6"] == (28, 16)
+    assert a.totals["receptive_field_at"] == "output of 5"
+    # past the last map (flatten, linear) there is no map and so no receptive field
+    assert "6" not in rfs and "7" not in rfs and rfs[""] == (16, 4)
 
 
 def test_vgg11_features_known_value():
@@ -196,9 +198,9 @@ def test_torchvision_resnet18_conv_body_is_435():
     assert rfs["layer4.0.downsample"] == (211 + 0, 32)  # a 1×1 conv adds nothing
     a = analyze(model, (3, 64, 64))
     assert a.totals["receptive_field"] == 435
-    assert a.totals["receptive_field_at"] == "input of avgpool"
-    # the global average pool spans the 2×2 map of layer4: 435 + 1·32 = 467
-    assert rfs[""] == (467, 64)
+    assert a.totals["receptive_field_at"] == "output of layer4.1.relu"
+    # the network's receptive field is layer4's; the global pool and the classifier have none
+    assert rfs[""] == (435, 32) and "avgpool" not in rfs and "fc" not in rfs
 
 
 def test_torchvision_googlenet_and_densenet121():
@@ -247,10 +249,12 @@ def test_head_module_is_where_the_network_rf_is_read():
     model.add_module("head", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                            nn.Linear(4, 10)))
     a = analyze(model, (1, 16, 16))
-    assert a.totals["receptive_field"] == 5  # two 3×3 convs, read at the head's input
-    assert a.totals["receptive_field_at"] == "input of head"
-    # the global pool spans the whole 16×16 map: 5 + 15·1 = 20
-    assert a.row("head")["receptive_field"] == 20
+    assert a.totals["receptive_field"] == 5  # two 3×3 convs, the last spatial map
+    assert a.totals["receptive_field_at"] == "output of stem.2"
+    assert a.row("")["receptive_field"] == 5
+    # the head starts with a global pool: no map left, so no receptive field
+    assert pd.isna(a.row("head")["receptive_field"])
+    assert pd.isna(a.row("head.0")["receptive_field"])
 
 
 def test_module_list_rows_get_the_rf_of_their_last_layer():
@@ -288,7 +292,7 @@ def test_functional_layers_are_followed():
     # conv3: 3; maxpool 3 s2: 3 + 2 = 5, j2; avgpool 2: 5 + 2 = 7, j4 on a 16→8 map ...
     assert a.totals["receptive_field"] == 7
     assert a.totals["receptive_field_jump"] == 4
-    assert a.totals["receptive_field_at"] == "input of view"
+    assert a.totals["receptive_field_at"] == "output of avg_pool2d"
 
 
 def test_untraceable_model_falls_back_to_a_chain():
