@@ -320,7 +320,7 @@ def rf_caption(totals: dict[str, Any]) -> str | None:
     h, w = totals.get("receptive_field"), totals.get("receptive_field_w")
     if not shape or h is None or (h <= shape[1] and (w or h) <= shape[2]):
         return None
-    return f"Receptive field {rf_text(totals)} on a {shape[1]}×{shape[2]} image: {WHOLE_IMAGE}"
+    return f"Receptive field {rf_text(totals)} on a {shape[1]}×{shape[2]} image. {WHOLE_IMAGE}"
 
 
 __all__ = ["ONE", "RF", "WHOLE_IMAGE", "Field", "function_rule", "generic", "input_field",
