@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from explorer.errors import ConfigError
+from explorer.receptive import WHOLE_IMAGE, rf_caption, rf_text
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -50,21 +51,42 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def _pair(h: Any, w: Any) -> list[int] | None:
+    """[height, width]; None where the layer's output is no longer a map."""
+    h, w = _int(h), _int(w)
+    return None if h is None else [h, h if w is None else w]
+
+
 def summary_json(name: str, analysis: Any) -> dict[str, Any]:
-    """The documented JSON of ``summary``: totals and one object per layer."""
+    """The documented JSON of ``summary``: totals and one object per layer.
+
+    ``receptive_field`` and ``jump`` are [height, width] in input pixels: the network's are
+    those of one unit of its last spatial feature map (``explorer.receptive``), the same number
+    as the layer table's whole-network row; a layer past that map has null.
+    """
     t = analysis.totals
     layers = [
         {"name": r["name"], "type": r["type"], "depth": int(r["depth"]),
          "output_shape": None if r["output_shape"] is None else list(r["output_shape"]),
          "params": int(r["params"]), "macs": int(r["macs"]),
          "macs_lecture": int(r["macs_lecture"]),
-         "receptive_field": _int(r["receptive_field"]), "jump": _int(r["jump"])}
+         "receptive_field": _pair(r["receptive_field"], r["receptive_field_w"]),
+         "jump": _pair(r["jump"], r["jump_w"])}
         for r in analysis.table.to_dict("records")]
     return {"name": name, "input": list(analysis.input_shape),
             "total_params": int(t["total_params"]), "trainable_params": int(t["trainable_params"]),
             "total_macs": int(t["total_macs"]), "total_macs_lecture": int(t["total_macs_lecture"]),
-            "receptive_field": int(t["receptive_field"]), "macs_note": t["macs_note"],
-            "layers": layers}
+            "receptive_field": _pair(t["receptive_field"], t["receptive_field_w"]),
+            "jump": _pair(t["receptive_field_jump"], t["receptive_field_jump_w"]),
+            "receptive_field_at": t["receptive_field_at"],
+            "receptive_field_note": f"{t['receptive_field_note']}. {WHOLE_IMAGE}",
+            "macs_note": t["macs_note"], "layers": layers}
+
+
+def _pair_text(pair: list[int] | None) -> str:
+    if pair is None:
+        return "-"
+    return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}×{pair[1]}"
 
 
 def cmd_presets(_args: argparse.Namespace) -> None:
@@ -92,15 +114,23 @@ def cmd_summary(args: argparse.Namespace) -> None:
         sys.stdout.write(analysis.table.to_csv(index=False))
     else:
         table = analysis.table
-        view = table.assign(name=["  " * max(int(d) - 1, 0) + n
-                                  for n, d in zip(table["name"], table["depth"], strict=True)])
+        view = table.assign(
+            name=["  " * max(int(d) - 1, 0) + n
+                  for n, d in zip(table["name"], table["depth"], strict=True)],
+            receptive_field=[_pair_text(_pair(h, w)) for h, w in
+                             zip(table["receptive_field"], table["receptive_field_w"],
+                                 strict=True)],
+            jump=[_pair_text(_pair(h, w)) for h, w in zip(table["jump"], table["jump_w"],
+                                                          strict=True)])
         cols = ["name", "type", "output_shape", "params", "macs", "receptive_field", "jump"]
         print(view[cols].to_string(index=False))
         t = analysis.totals
         print(f"\n{name}: input {'×'.join(map(str, analysis.input_shape))}, "
               f"{t['total_params']:,} parameters, {t['total_macs']:,} multiply-adds "
               f"(torchinfo), {t['total_macs_lecture']:,} (lecture), receptive field "
-              f"{t['receptive_field']} px")
+              f"{rf_text(t)} ({t['receptive_field_at']})")
+        if caption := rf_caption(t):
+            print(caption)
 
 
 def cmd_conv(args: argparse.Namespace) -> None:

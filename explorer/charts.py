@@ -79,20 +79,42 @@ def shape_flow(table: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Shape flow: spatial size shrinks while channels grow", 420)
 
 
+def receptive_field_points(table: pd.DataFrame) -> pd.DataFrame:
+    """The RF chart's points: every conv and pool that outputs a map, then the whole network.
+
+    Layers past the last spatial feature map (global pool, flatten, classifier) have no
+    receptive field; the last point is the network's, the number the CLI, the Build metric and
+    the table's whole-network row give (``explorer.receptive``). Columns: name, receptive_field,
+    receptive_field_w, jump, jump_w.
+    """
+    cols = ["name", "receptive_field", "receptive_field_w", "jump", "jump_w"]
+    rows = table[table["is_leaf"] & table["type"].str.contains("Conv|Pool")
+                 & table["receptive_field"].notna()][cols]
+    whole = table[table["depth"] == 0][cols]
+    if not whole.empty and pd.notna(whole["receptive_field"].iloc[0]):
+        last = rows.iloc[-1] if len(rows) else None
+        if last is None or (last["receptive_field"], last["receptive_field_w"]) != (
+                whole["receptive_field"].iloc[0], whole["receptive_field_w"].iloc[0]):
+            rows = pd.concat([rows, whole.assign(name="whole network")])
+    return rows.reset_index(drop=True)
+
+
 def receptive_field_chart(table: pd.DataFrame, input_size: int) -> go.Figure:
-    """Receptive field of every conv/pool layer against the input size."""
-    rows = table[table["is_leaf"] & table["type"].str.contains("Conv|Pool")]
-    rows = rows.reset_index(drop=True)
+    """Receptive field of every conv/pool layer up to the last spatial map, against the input."""
+    rows = receptive_field_points(table)
+    sizes = [f"{h}×{w}" if h != w else f"{h}" for h, w in
+             zip(rows["receptive_field"], rows["receptive_field_w"], strict=True)]
     fig = go.Figure()
     fig.add_scatter(x=rows["name"], y=rows["receptive_field"], mode="lines+markers",
                     name="receptive field", line={"color": COLORS["rf"], "width": 3},
-                    customdata=rows["jump"],
-                    hovertemplate="%{x}: sees %{y} px, jump %{customdata}<extra></extra>")
+                    customdata=list(zip(sizes, rows["jump"], strict=True)),
+                    hovertemplate="%{x}: sees %{customdata[0]} px, jump %{customdata[1]}"
+                                  "<extra></extra>")
     fig.add_hline(y=input_size, line={"color": COLORS["input"], "dash": "dash"},
                   annotation_text=f"input {input_size} px", annotation_position="top left")
-    fig.update_yaxes(title_text="pixels of the input", rangemode="tozero")
+    fig.update_yaxes(title_text="pixels of the input (height)", rangemode="tozero")
     fig.update_xaxes(showticklabels=len(rows) <= 30, tickangle=-45)
-    return _layout(fig, "Receptive field per layer", 380)
+    return _layout(fig, "Receptive field per layer, up to the last spatial feature map", 380)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from explorer.analysis import Analysis
 from explorer.charts import _layout, group_totals
 from explorer.errors import ConfigError
 from explorer.layers import Layer, MetaPass, meta_pass, pair_text
+from explorer.receptive import rf_text
 from explorer.registry import PRESETS
 from explorer.specs import SpecBase
 
@@ -69,7 +70,7 @@ TOTAL_ROWS: tuple[tuple[str, str, str], ...] = (
     ("Parameters", "total_params", "count"),
     ("Multiply-adds (torchinfo, bias counted)", "total_macs", "count"),
     ("Multiply-adds (lecture, no bias)", "total_macs_lecture", "count"),
-    ("Receptive field (px)", "receptive_field", "int"),
+    ("Receptive field (px, last spatial map)", "receptive_field", "rf"),
     ("Activation memory (1 image)", "activation_bytes", "bytes"),
     ("Parameter memory (float32)", "param_bytes", "bytes"),
     ("Depth (conv + linear on the longest path)", "depth", "int"),
@@ -91,7 +92,9 @@ def totals_table(analyses: Mapping[str, Analysis], formatted: bool = True) -> pd
             value = analysis.totals.get(key)
             if kind == "classes":
                 value = int(value[0]) if value else None
-            if formatted:
+            if kind == "rf" and formatted:  # height×width when they differ
+                value = rf_text(analysis.totals).removesuffix(" px")
+            elif formatted:
                 value = {"shape": _shape_text, "count": lambda v: f"{short_count(v)}  ({v:,})",
                          "bytes": short_bytes,
                          "int": lambda v: "—" if v is None else f"{int(v):,}",

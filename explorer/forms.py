@@ -29,6 +29,7 @@ COLUMN_LABELS: dict[str, str] = {
 # Single-column tables (tuple[int, ...] fields) and their column label.
 LIST_LABELS: dict[str, str] = {
     "conv_channels": "out channels", "hidden": "width", "block_config": "convs",
+    "padding": "padding",
 }
 FIELD_LABELS: dict[str, str] = {
     "input_shape": "Input", "num_classes": "Classes", "conv_channels": "Conv layers",

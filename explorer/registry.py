@@ -68,7 +68,7 @@ VGG11 = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
 
 _PRESETS: tuple[Preset, ...] = (
     # ---- the course (d2l.ai, "Modern convolutional neural networks") -------------------------
-    Preset("course_lenet5", LeNetSpec(conv_channels=(20, 50), padding=2, activation="relu",
+    Preset("course_lenet5", LeNetSpec(conv_channels=(20, 50), padding=(2,), activation="relu",
                                       hidden=(500,)),
            "LeNet-5, the lecture's table version: 20 and 50 channels, ReLU, one 500-wide layer",
            "course",
@@ -86,6 +86,13 @@ _PRESETS: tuple[Preset, ...] = (
            "The batch-norm lecture's network: BN after every conv and hidden linear layer, "
            "before the sigmoid. BN adds only 2 parameters per channel (γ, β) but lets SGD with "
            "learning rate 1.0 train it."),
+    Preset("course_lenet_d2l", LeNetSpec(padding=(2, 0), pool="avg"),
+           "d2l's LeNet chapter: only the first conv padded (6×28×28), sigmoid, average pooling",
+           "course",
+           "The network of d2l's LeNet chapter. Padding 2 on the first 5×5 conv keeps 28×28; "
+           "the second conv is unpadded (14 → 10), so 16×5×5 = 400 features reach the 120-wide "
+           "layer, and the network has 61,706 parameters. The batch-norm lecture's LeNet pads "
+           "neither conv (256 features)."),
     Preset("course_alexnet", AlexNetSpec(),
            "AlexNet, course version on 1×224×224 (Fashion-MNIST resized)", "course",
            "Five convs and two 4096-wide layers. The first conv is 11×11 with stride 4: "

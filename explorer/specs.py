@@ -262,8 +262,10 @@ class LeNetSpec(SpecBase):
     conv_channels: tuple[int, ...] = _f((6, 16), "output channels of each conv layer", 1,
                                         items=(1, 4096), max_len=8)
     kernel_size: int = _f(5, "kernel size of every conv layer", 1, 31)
-    padding: int = _f(0, "zero padding of every conv layer (2 keeps 28×28 with a 5×5 kernel)",
-                      0, 15)
+    padding: tuple[int, ...] = _f(
+        (0,), "zero padding: one value for every conv layer, or one per conv layer (2 keeps "
+              "28×28 with a 5×5 kernel; d2l's LeNet pads only the first conv: 2, 0)", 1,
+        items=(0, 15), max_len=8)
     pool: Literal["max", "avg"] = _f("max", "2×2 stride-2 pooling after each conv")
     activation: Literal["sigmoid", "relu", "tanh"] = _f("sigmoid", "activation function")
     hidden: tuple[int, ...] = _f((120, 84), "widths of the hidden fully connected layers", 0,
@@ -271,6 +273,22 @@ class LeNetSpec(SpecBase):
     batch_norm: bool = _f(False, "batch norm after every conv and hidden linear layer, "
                                  "before the activation (BN-LeNet)")
     bias: bool = _f(True, "bias on conv and linear layers")
+
+    def __post_init__(self) -> None:
+        # Specs and links written before per-conv padding gave one number for every conv.
+        if isinstance(self.padding, int | float) and not isinstance(self.padding, bool):
+            object.__setattr__(self, "padding", (self.padding,))
+        super().__post_init__()
+
+    def _check(self) -> None:
+        n, k = len(self.conv_channels), len(self.padding)
+        if k not in (1, n):
+            raise ConfigError(f"padding has {k} values for {n} conv layers; give one value for "
+                              f"every conv layer or one per conv layer.")
+
+    def conv_padding(self, index: int) -> int:
+        """Zero padding of conv layer ``index`` (0-based)."""
+        return self.padding[0] if len(self.padding) == 1 else self.padding[index]
 
 
 @dataclass(frozen=True)
@@ -326,8 +344,9 @@ class NiNSpec(SpecBase):
     blocks: tuple[ConvLayer, ...] = _f(
         (ConvLayer(96, 11, 4, 0), ConvLayer(256, 5, 1, 2), ConvLayer(384, 3, 1, 1)),
         "NiN blocks (out channels, kernel, stride, padding), each followed by maxpool(3,2)", 1)
-    head_kernel: int = _f(3, "kernel of the last NiN block, whose channels are the classes "
-                             "(padding keeps the size)", 1, 15)
+    head_kernel: int = _f(3, "kernel of the last NiN block, whose channels are the classes; "
+                             "it pads by kernel // 2, so an odd kernel keeps the size and an even "
+                             "one grows it by 1 (4 turns 7×7 into 8×8)", 1, 15)
     dropout: float = _f(0.5, "dropout before the last NiN block", 0.0, 0.99)
     batch_norm: bool = _f(False, "batch norm after every conv (not in the lecture)")
 

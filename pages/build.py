@@ -21,6 +21,7 @@ from explorer.forms import (
 )
 from explorer.models import BUILDERS, build
 from explorer.notes import FAMILY_NOTES
+from explorer.receptive import rf_caption, rf_help, rf_text
 from explorer.registry import DEFAULT_PRESET, PRESETS, get_preset
 from explorer.specs import (
     FAMILIES,
@@ -223,12 +224,13 @@ def headline(analysis) -> None:
     cols[1].metric("Multiply-adds", fmt_count(t["total_macs"]),
                    help=f"{t['total_macs']:,} in torchinfo's convention (bias counted); "
                         f"{t['total_macs_lecture']:,} in the lecture's (bias not counted).")
-    cols[2].metric("Receptive field", f"{t['receptive_field']} px",
-                   help=f"At the input of the classifier head ({t['receptive_field_note']}).")
+    cols[2].metric("Receptive field", rf_text(t), help=rf_help(t))
     cols[3].metric("Activations", fmt_bytes(t["activation_bytes"]),
                    help="float32 outputs of every layer for one image (batch 1)")
     cols[4].metric("Param memory", fmt_bytes(t["param_bytes"]), help="float32 weights")
     cols[5].metric("Depth", t["depth"], help="conv and linear layers on the longest path")
+    if caption := rf_caption(t):  # a receptive field larger than the image: what it means
+        st.caption(caption)
 
 
 def layer_table(analysis, name: str) -> None:

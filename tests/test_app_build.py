@@ -44,6 +44,15 @@ def test_opens_on_the_course_resnet18(at):
     assert metric(at, "Depth").value == "18"
 
 
+def test_a_receptive_field_larger_than_the_image_is_explained_beside_the_metric(at):
+    # 435 px on a 96×96 image: the page says what that means (explorer.receptive.WHOLE_IMAGE)
+    from explorer.receptive import WHOLE_IMAGE
+
+    assert WHOLE_IMAGE in metric(at, "Receptive field").help
+    assert any("435 px on a 96×96 image" in c.value and WHOLE_IMAGE in c.value
+               for c in at.caption)
+
+
 def test_a_torchvision_preset_fills_the_widgets_and_matches_torchvision():
     at = fresh()
     by_key(at.selectbox, "build_preset").select("resnet18").run()

@@ -27,11 +27,15 @@ def test_summary_json_of_the_classic_lenet(capsys):
     # 156 + 2416 + 30840 + 10164 + 850, as counted in tests/test_models.py.
     assert data["total_params"] == data["trainable_params"] == 44426
     # conv 5×5 → 5; pool 2/2 → 6, jump 2; conv 5×5 → 6 + 4·2 = 14; pool → 14 + 1·2 = 16.
-    assert data["receptive_field"] == 16
+    assert data["receptive_field"] == [16, 16] and data["jump"] == [4, 4]  # height, width
+    assert data["receptive_field_at"] == "output of features.pool2"
     conv1 = next(x for x in data["layers"] if x["name"] == "features.conv1")
     # Lecture MACs 6·24·24·(1·5·5) = 86,400; torchinfo adds the bias 6·24·24 = 3,456.
     assert (conv1["output_shape"], conv1["params"], conv1["macs"]) == ([6, 24, 24], 156, 89856)
-    assert conv1["receptive_field"] == 5 and conv1["jump"] == 1
+    assert conv1["receptive_field"] == [5, 5] and conv1["jump"] == [1, 1]
+    # past the last spatial map (flatten, the linear layers) no layer has a receptive field
+    fc = next(x for x in data["layers"] if x["name"] == "head.fc")
+    assert fc["receptive_field"] is None and fc["jump"] is None
     assert {"name", "type", "output_shape", "params", "macs", "receptive_field",
             "jump"} <= set(conv1)
 

@@ -7,6 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from explorer.analysis import analyze
 from explorer.errors import ConfigError
 from explorer.models import build, estimate
 from explorer.specs import spec_from_dict
@@ -27,7 +28,8 @@ def rows(*parts, max_size=5):
 
 FAMILY_FIELDS = {
     "lenet": {"conv_channels": st.lists(chan, max_size=4), "kernel_size": kern,
-              "padding": st.integers(-1, 4), "pool": st.sampled_from(["max", "avg", "min"]),
+              "padding": st.one_of(st.integers(-1, 4), st.lists(st.integers(-1, 4), max_size=4)),
+              "pool": st.sampled_from(["max", "avg", "min"]),
               "activation": st.sampled_from(["relu", "sigmoid", "tanh"]),
               "hidden": st.lists(chan, max_size=3), "batch_norm": st.booleans(),
               "bias": st.booleans()},
@@ -79,3 +81,23 @@ def test_any_spec_builds_and_runs_or_raises_config_error(data):
         out = model.eval()(torch.randn(1, *spec.input_shape))
     assert out.shape == (1, spec.num_classes)
     assert estimate(spec).output_shape == (spec.num_classes,)
+
+
+@settings(max_examples=EXAMPLES // 5, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec_dicts())
+def test_any_spec_that_builds_is_analysed(data):
+    """Analysis never crashes on a network it can build, and its receptive field is the same
+    in the totals and the table's whole-network row."""
+    try:
+        spec = spec_from_dict(data)
+        build(spec, device="meta")
+    except ConfigError:
+        return
+    a = analyze(spec)
+    t = a.totals
+    assert t["output_shape"] == (spec.num_classes,)
+    row = a.row("")
+    assert (row["receptive_field"], row["receptive_field_w"]) == (t["receptive_field"],
+                                                                 t["receptive_field_w"])
+    assert a.table["receptive_field"].max() == t["receptive_field"]

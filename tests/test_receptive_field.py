@@ -6,12 +6,22 @@ an output pixel's gradient with respect to the input is nonzero exactly on its r
 
 from __future__ import annotations
 
+import dataclasses
+
+import pandas as pd
+import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from explorer.__main__ import summary_json
 from explorer.analysis import analyze, receptive_fields
+from explorer.charts import receptive_field_chart, receptive_field_points
+from explorer.compare import totals_table
+from explorer.models import minimum_input_size
+from explorer.receptive import WHOLE_IMAGE, rf_caption, rf_help, rf_text
+from explorer.registry import PRESETS, get_preset
 
 # ---------------------------------------------------------------------------------- helpers
 
@@ -162,10 +172,11 @@ def test_lenet_like_stack():
     # conv5: 5, jump 1; pool2: 5 + 1 = 6, jump 2; conv5: 6 + 4·2 = 14; pool2: 14 + 2 = 16, jump 4
     assert [rfs[k] for k in ("0", "2", "3", "5")] == [(5, 1), (6, 2), (14, 2), (16, 4)]
     a = analyze(model, (1, 28, 28))
-    assert a.totals["receptive_field"] == 16  # at the flatten's input, the classifier's start
+    assert a.totals["receptive_field"] == 16  # the last spatial map: the second pool's output
     assert a.totals["receptive_field_jump"] == 4
-    # flatten spans the remaining 4×4 map: 16 + 3·4 = 28, the whole image
-    assert rfs["6"] == (28, 16)
+    assert a.totals["receptive_field_at"] == "output of 5"
+    # past the last map (flatten, linear) there is no map and so no receptive field
+    assert "6" not in rfs and "7" not in rfs and rfs[""] == (16, 4)
 
 
 def test_vgg11_features_known_value():
@@ -196,9 +207,9 @@ def test_torchvision_resnet18_conv_body_is_435():
     assert rfs["layer4.0.downsample"] == (211 + 0, 32)  # a 1×1 conv adds nothing
     a = analyze(model, (3, 64, 64))
     assert a.totals["receptive_field"] == 435
-    assert a.totals["receptive_field_at"] == "input of avgpool"
-    # the global average pool spans the 2×2 map of layer4: 435 + 1·32 = 467
-    assert rfs[""] == (467, 64)
+    assert a.totals["receptive_field_at"] == "output of layer4.1.relu"
+    # the network's receptive field is layer4's; the global pool and the classifier have none
+    assert rfs[""] == (435, 32) and "avgpool" not in rfs and "fc" not in rfs
 
 
 def test_torchvision_googlenet_and_densenet121():
@@ -240,17 +251,19 @@ def test_height_and_width_are_tracked_separately():
     assert (row["jump"], row["jump_w"]) == (1, 2)
 
 
-def test_head_module_is_where_the_network_rf_is_read():
+def test_the_network_rf_is_read_before_the_global_pool():
     model = nn.Sequential()
     model.add_module("stem", nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
                                            nn.Conv2d(4, 4, 3, padding=1)))
     model.add_module("head", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                            nn.Linear(4, 10)))
     a = analyze(model, (1, 16, 16))
-    assert a.totals["receptive_field"] == 5  # two 3×3 convs, read at the head's input
-    assert a.totals["receptive_field_at"] == "input of head"
-    # the global pool spans the whole 16×16 map: 5 + 15·1 = 20
-    assert a.row("head")["receptive_field"] == 20
+    assert a.totals["receptive_field"] == 5  # two 3×3 convs, the last spatial map
+    assert a.totals["receptive_field_at"] == "output of stem.2"
+    assert a.row("")["receptive_field"] == 5
+    # the head starts with a global pool: no map left, so no receptive field
+    assert pd.isna(a.row("head")["receptive_field"])
+    assert pd.isna(a.row("head.0")["receptive_field"])
 
 
 def test_module_list_rows_get_the_rf_of_their_last_layer():
@@ -288,7 +301,7 @@ def test_functional_layers_are_followed():
     # conv3: 3; maxpool 3 s2: 3 + 2 = 5, j2; avgpool 2: 5 + 2 = 7, j4 on a 16→8 map ...
     assert a.totals["receptive_field"] == 7
     assert a.totals["receptive_field_jump"] == 4
-    assert a.totals["receptive_field_at"] == "input of view"
+    assert a.totals["receptive_field_at"] == "output of avg_pool2d"
 
 
 def test_untraceable_model_falls_back_to_a_chain():
@@ -359,3 +372,179 @@ def test_gradient_method_inception_and_dense_concatenations():
     # stem 3; inception: max(3, 3 + 2, 3 + 4, 3 + 2) = 7; pool 2: 8 (j2);
     # inception: 8 + 4·2 = 16; dense: 16 + 2·2 = 20, then 20 + 2·2 = 24
     check_against_gradients(model, (1, 64, 64), (24, 24, 2, 2))
+
+
+# ---------------------------------------------------------------------------------- one meaning
+
+def by_formula(layers: list[tuple[int, int]]) -> tuple[int, int]:
+    """The lecture's rule: each (kernel, stride) adds (k - 1)·jump, then jump ×= stride."""
+    rf, jump = 1, 1
+    for k, s in layers:
+        rf += (k - 1) * jump
+        jump *= s
+    return rf, jump
+
+
+def test_course_resnet18_by_the_formula():
+    # stem conv 7/2, max pool 3/2; stage 1: four 3×3; stages 2-4: a 3×3/2 then three 3×3 (the
+    # 1×1 shortcuts see less, so the main path is the widest)
+    layers = [(7, 2), (3, 2), *[(3, 1)] * 4]
+    for _ in range(3):
+        layers += [(3, 2), *[(3, 1)] * 3]
+    expected = by_formula(layers)
+    assert expected == (435, 32)
+    a = analyze(get_preset("course_resnet18").spec)
+    assert (a.totals["receptive_field"], a.totals["receptive_field_jump"]) == expected
+    assert a.totals["receptive_field_at"] == "output of stage4.block2.relu"
+
+
+def test_course_nin_by_the_formula_includes_its_last_nin_block():
+    # blocks 11/4, 5/1, 3/1 each with 1×1 convs, each followed by a 3/2 max pool; then the last
+    # NiN block (3×3, one channel per class): still a map, so it counts; the global pool does not
+    expected = by_formula([(11, 4), (3, 2), (5, 1), (3, 2), (3, 1), (3, 2), (3, 1)])
+    assert expected == (195, 32)
+    a = analyze(get_preset("course_nin").spec)
+    assert (a.totals["receptive_field"], a.totals["receptive_field_jump"]) == expected
+    assert a.totals["receptive_field_at"] == "output of head.block.relu3"
+
+
+def _analysed_preset(name: str):
+    """Course presets at their lecture shape; torchvision's at 3×32×32 (the same graph, so the
+    same path through the code, without 224×224 forward passes of 150-layer networks)."""
+    spec = get_preset(name).spec
+    if get_preset(name).group == "torchvision":
+        size = max(32, minimum_input_size(spec) or 32)
+        spec = dataclasses.replace(spec, input_shape=(3, size, size))
+    return spec, analyze(spec)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_has_one_receptive_field(name):
+    spec, a = _analysed_preset(name)
+    t = a.totals
+    network = [t["receptive_field"], t["receptive_field_w"]]
+    assert None not in network
+    # the CLI JSON (both directions), the table's whole-network row, the chart's last point and
+    # Compare's totals table all give the same number
+    cli = summary_json(name, a)
+    assert cli["receptive_field"] == network
+    assert cli["jump"] == [t["receptive_field_jump"], t["receptive_field_jump_w"]]
+    whole = a.row("")
+    assert [whole["receptive_field"], whole["receptive_field_w"]] == network
+    points = receptive_field_points(a.table)
+    assert [points["receptive_field"].iloc[-1], points["receptive_field_w"].iloc[-1]] == network
+    chart = receptive_field_chart(a.table, spec.input_shape[1])
+    assert chart.data[0].y[-1] == network[0] and max(chart.data[0].y) == network[0]
+    raw = totals_table({name: a}, formatted=False).set_index("quantity")[name]
+    assert raw.filter(like="Receptive field").iloc[0] == network[0]
+    assert totals_table({name: a}).set_index("quantity")[name].filter(
+        like="Receptive field").iloc[0] == rf_text(t).removesuffix(" px")
+    # no layer of the table sees more than the network: rows past the last map have none
+    assert a.table["receptive_field"].max() == network[0]
+    assert t["receptive_field_exact"], t["receptive_field_note"]
+
+
+def test_a_receptive_field_larger_than_the_image_is_explained():
+    a = analyze(get_preset("course_resnet18").spec)  # 435 px on a 96×96 image
+    caption = rf_caption(a.totals)
+    assert caption is not None and "435 px" in caption and "96×96" in caption
+    assert WHOLE_IMAGE in caption and WHOLE_IMAGE in rf_help(a.totals)
+    assert "zero padding" in WHOLE_IMAGE and "whole image" in WHOLE_IMAGE
+    assert rf_caption(analyze(get_preset("course_lenet").spec).totals) is None  # 16 px < 28
+
+
+# ---------------------------------------------------------------------------------- new layouts
+
+class ChannelsLast(nn.Module):
+    """conv 3×3, then ConvNeXt's per-pixel MLP on a channels-last map, then conv 3×3."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, c, 3, padding=1)
+        self.norm = nn.LayerNorm(c)
+        self.fc = nn.Linear(c, c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x).permute(0, 2, 3, 1)
+        x = self.fc(self.norm(x)).permute(0, 3, 1, 2)
+        return self.conv2(x)
+
+
+class SqueezeExcite(nn.Module):
+    """conv 3×3, squeeze-excitation (global pool, 1×1 convs, sigmoid, multiply), conv 3×3."""
+
+    def __init__(self, c: int = 4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, c, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(c, 2, 1), nn.Conv2d(2, c, 1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        scale = torch.sigmoid(self.fc2(F.relu(self.fc1(self.pool(x)))))
+        return self.conv2(x * scale)
+
+
+def test_a_linear_layer_on_a_channels_last_map_is_per_pixel():
+    # two 3×3 convs: 5×5; the linear layer and the layer norm between them act per pixel
+    check_against_gradients(ChannelsLast(), (1, 16, 16), (5, 5, 1, 1))
+    a = analyze(ChannelsLast(), (1, 16, 16))
+    assert a.row("fc")["receptive_field"] == 3 and a.totals["receptive_field_exact"]
+
+
+def test_squeeze_excitation_lets_every_unit_see_the_whole_map():
+    model = make_positive(SqueezeExcite())
+    a = analyze(model, (1, 12, 12))
+    # conv 3: 3; the SE pool reads all 12×12 positions: 3 + 11·1 = 14; conv 3: 16 (not 5)
+    assert (a.totals["receptive_field"], a.totals["receptive_field_jump"]) == (16, 1)
+    assert a.totals["receptive_field_at"] == "output of conv2"
+    assert pd.isna(a.row("pool")["receptive_field"])  # the pooled vector is no map
+    assert "squeeze-excitation" in a.totals["receptive_field_note"]
+    # second method: one output unit's gradient reaches every input pixel
+    x = (torch.rand(1, 1, 12, 12, dtype=torch.float64) + 0.5).requires_grad_()
+    model.double().eval()(x)[0, :, 6, 6].sum().backward()
+    assert bool((x.grad[0, 0] != 0).all())
+
+
+def efficientnet_b0_by_hand(size: int) -> tuple[int, int]:
+    """torchvision's efficientnet_b0 table: stem 3×3/2, then MBConv stages (kernel, stride,
+    layers); each depthwise conv adds (k - 1)·jump and its SE pool the whole map (H - 1)·jump."""
+    rf, jump, h = 3, 2, (size - 1) // 2 + 1
+    for k, s, n in ((3, 1, 1), (3, 2, 2), (5, 2, 2), (3, 2, 3), (5, 1, 3), (5, 2, 4), (3, 1, 1)):
+        for i in range(n):
+            stride = s if i == 0 else 1
+            rf += (k - 1) * jump
+            h = (h + 2 * (k // 2) - k) // stride + 1
+            jump *= stride
+            rf += (h - 1) * jump
+    return rf, jump
+
+
+def test_torchvision_efficientnet_b0_is_analysed_through_its_se_blocks():
+    model = torchvision.models.efficientnet_b0(weights=None)
+    a = analyze(model, (3, 64, 64))
+    expected = efficientnet_b0_by_hand(64)
+    assert (a.totals["receptive_field"], a.totals["receptive_field_jump"]) == expected
+    assert expected[0] != 7 and expected[0] > 64
+    assert a.totals["receptive_field_at"] == "output of features.8.2"
+    assert a.totals["receptive_field_exact"]
+    # second method: a unit of the last spatial map depends on every input pixel
+    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    model.eval().features(x)[0, :, 1, 1].sum().backward()
+    assert bool((x.grad[0].abs().sum(0) != 0).all())
+
+
+def test_torchvision_convnext_tiny_channels_last_blocks():
+    model = torchvision.models.convnext_tiny(weights=None)
+    a = analyze(model, (3, 32, 32))
+    # stem 4×4/4; stages of 3, 3, 9, 3 blocks with a 7×7 depthwise conv each, 2×2/2 convs
+    # between stages; the linear layers and layer norms act per pixel (channels last)
+    layers = [(4, 4), *[(7, 1)] * 3, (2, 2), *[(7, 1)] * 3, (2, 2), *[(7, 1)] * 9, (2, 2),
+              *[(7, 1)] * 3]
+    assert by_formula(layers) == (1688, 32)
+    assert (a.totals["receptive_field"], a.totals["receptive_field_jump"]) == (1688, 32)
+    assert a.totals["receptive_field_exact"]
+    # inside the first block: the depthwise 7×7 on the stem's map, then the per-pixel MLP
+    assert a.row("features.1.0.block.3")["receptive_field"] == 4 + 6 * 4

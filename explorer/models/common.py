@@ -1,14 +1,14 @@
 """Building blocks shared by the family builders, and the shape tracker that validates as it builds.
 
 Every builder creates its layers through a ``ShapeTracker``: it follows C×H×W with the lectures'
-formula H' = floor((H + 2P - d(K-1) - 1) / S) + 1, so a spec that would shrink a feature map to 0×0
-fails with a sentence naming the block before any tensor exists.
+formula H' = floor((H + 2P - d(K-1) - 1) / S) + 1 (rounded up for ceil-mode pools), so a spec
+that would shrink a feature map to 0×0 fails with a sentence naming the block before any tensor
+exists.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections import OrderedDict
 
 import torch
@@ -21,16 +21,17 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoi
 
 def out_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1,
              ceil_mode: bool = False) -> int:
-    """Output size of a conv or pool along one axis (PyTorch's rule, ceil mode included)."""
-    span = dilation * (kernel - 1) + 1
-    num = size + 2 * padding - span
-    if num < 0:
-        return 0
-    out = (math.ceil(num / stride) if ceil_mode else num // stride) + 1
-    # PyTorch: in ceil mode the last window must start inside the input or left padding.
-    if ceil_mode and (out - 1) * stride >= size + padding:
+    """Output size of a conv or pool along one axis: PyTorch's rule, ceil mode included.
+
+    H' = floor((H + 2P - d(K-1) - 1) / S) + 1; in ceil mode the division rounds up, so the last
+    window may hang over the right edge (a 3×3/2 pool on 2×2 gives 1×1), as long as it starts
+    inside the input or the left padding (PyTorch's ``pooling_output_shape``). 0 when nothing fits.
+    """
+    num = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = num // stride + 1  # floor division, also for a negative numerator (PyTorch's div_rtn)
+    if ceil_mode and out > 0 and (out - 1) * stride >= size + padding:
         out -= 1
-    return out
+    return max(out, 0)
 
 
 class ShapeTracker:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import torch
 from torch import nn
 
@@ -20,7 +22,6 @@ class DenseBlock(nn.Module):
     def __init__(self, t: ShapeTracker, label: str, num_layers: int, spec: DenseNetSpec):
         super().__init__()
         g, bias = spec.growth_rate, spec.conv_bias
-        layers = []
         for j in range(1, num_layers + 1):
             lt = t.copy()
             items: list[tuple[str, nn.Module | None]] = []
@@ -33,14 +34,26 @@ class DenseBlock(nn.Module):
                       (f"conv{n}", lt.conv(f"{label}, layer {j}, conv{n}", g, 3, 1, 1,
                                            bias=bias)),
                       ("drop", nn.Dropout(spec.drop_rate) if spec.drop_rate > 0 else None)]
-            layers.append((f"layer{j}", seq(*items)))
+            # The layers are the block's own children (no container that is never called, so
+            # the layer table has no row without an output shape).
+            self.add_module(f"layer{j}", seq(*items))
             t.c += g
-        self.layers = seq(*layers)
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        """The dense layers in order."""
+        return list(self.children())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
+        for layer in self.children():
             x = torch.cat([x, layer(x)], 1)
         return x
+
+
+def kept_channels(channels: int, compression: float) -> int:
+    """floor(channels × compression), with the compression read as the decimal it was written
+    as: 100 × 0.58 keeps 58 channels, where floating point would give int(57.99…) = 57."""
+    return int(Fraction(repr(compression)) * channels)
 
 
 def build_densenet(spec: DenseNetSpec) -> nn.Module:
@@ -54,7 +67,7 @@ def build_densenet(spec: DenseNetSpec) -> nn.Module:
     for i, n in enumerate(spec.block_config, 1):
         items.append((f"denseblock{i}", DenseBlock(t, f"dense block {i}", n, spec)))
         if i < len(spec.block_config):
-            out = int(t.c * spec.compression)
+            out = kept_channels(t.c, spec.compression)
             if out < 1:
                 raise ConfigError(f"transition {i} would keep {out} of {t.c} channels; raise "
                                   f"compression.")
