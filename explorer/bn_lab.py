@@ -34,6 +34,7 @@ from explorer.bn import (
     fold_bn,
     preserved,
 )
+from explorer.bn.rng import local_rng
 from explorer.data import ImageDataset
 from explorer.errors import ConfigError
 from explorer.models import BUILDERS, build
@@ -533,12 +534,16 @@ def experiment_verdict(bn_epochs: Sequence[Mapping[str, Any]],
 def demo_model(dataset: ImageDataset, steps: int = 45, seed: int = 0) -> nn.Module:
     """BN-LeNet trained for a few steps of the lecture's setting (lr 1.0), in eval mode on CPU."""
     spec, _ = experiment_specs()
-    model = build(spec)
     config = dataclasses.replace(experiment_config(epochs=1000, seed=seed), max_steps=int(steps),
                                  device="cpu", precision="fp32", metrics_every=max(1, steps))
     # The test pass after the last step is not needed here: train on a set with no test images.
     train_only = dataset.subset(len(dataset.train_labels), 0)
-    train(model, spec.input_shape, spec.num_classes, train_only, config)
+    with local_rng(seed):  # the engine redraws every weight from config.seed anyway
+        model = build(spec)
+    # The engine seeds the process-wide generator (its weights and dropout draw from it); the
+    # fork puts the generator's state back afterwards.
+    with torch.random.fork_rng(devices=[]):
+        train(model, spec.input_shape, spec.num_classes, train_only, config)
     return model.eval().to(memory_format=torch.contiguous_format)
 
 
@@ -593,11 +598,14 @@ def fold_check(spec: SpecBase, batch: int = 4, seed: int = 0) -> dict[str, Any]:
     """Fold a spec's model (randomised BN statistics) and compare eval outputs with the original.
 
     Returns the folded pairs, the BN layers that stay (with the reason), the maximum absolute
-    difference of the outputs on ``batch`` seeded random inputs, and the largest output.
+    difference of the outputs on ``batch`` seeded random inputs, and the largest output. The
+    weights are those ``torch.manual_seed(seed)`` would give, drawn from a local generator, so a
+    training run in another thread keeps its own random sequence.
     """
-    torch.manual_seed(seed)
-    model = randomise_bn(build(spec), seed).eval()
-    plan = find_foldable(model)
+    with local_rng(seed):
+        model = build(spec)
+    model = randomise_bn(model, seed).eval()
+    plan = find_foldable(model, spec.input_shape)
     folded = fold_bn(model, plan)
     x = torch.randn((batch, *spec.input_shape), generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():

@@ -311,13 +311,35 @@ def test_experiment_verdict_sentences():
 # ---- demonstrations ------------------------------------------------------------------------------
 
 def test_fold_check_on_the_course_resnet18():
-    result = bn_lab.fold_check(get_preset("course_resnet18").spec)
+    spec = get_preset("course_resnet18").spec
+    torch.manual_seed(3)
+    expected = torch.rand(5)
+    torch.manual_seed(3)
+    result = bn_lab.fold_check(spec)
+    assert torch.equal(torch.rand(5), expected)  # the process-wide generator was not touched
+    torch.manual_seed(0)  # second method: what fold_check did before, seeding globally
+    reference = build(spec)
+    for name, p in reference.named_parameters():
+        if "bn" not in name:  # fold_check then randomises the BN layers
+            assert torch.equal(p, result["model"].get_parameter(name)), name
     # Every one of the 17 BNs (stem + 2 per basic block; the 1×1 shortcuts have none) follows a
     # conv, so all fold, and the folded copy has no BN left.
     assert len(result["pairs"]) == 17 and result["kept"] == []
     assert bn_lab.bn_layers(result["folded"]) == {}
     assert result["max_abs_output"] > 0.1  # a non-trivial output...
     assert result["max_abs_diff"] <= 1e-4  # ...equal in float32 after folding
+
+
+def test_demo_model_leaves_the_global_generator_alone(digits):
+    torch.manual_seed(4)
+    expected = torch.rand(5)
+    torch.manual_seed(4)
+    model = bn_lab.demo_model(digits, steps=2)
+    assert torch.equal(torch.rand(5), expected)
+    # The engine's own seeding decides the weights: the same demo twice gives the same model.
+    again = bn_lab.demo_model(digits, steps=2)
+    for a, b in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_one_step_running_var_by_hand():

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from explorer.bn.conventions import _is_bn, _reduce_dims, _unwrap, batch_norm
+from explorer.bn.rng import local_rng
 from explorer.errors import ConfigError
 
 
@@ -70,7 +71,8 @@ def activation_histograms(
     mode = model.training if training is None else bool(training)
     handle = layer.register_forward_hook(hook)
     try:
-        with preserved(model), torch.no_grad():
+        # Dropout in training mode draws from a local generator, never the process-wide one.
+        with preserved(model), torch.no_grad(), local_rng(seed):
             model.train(mode)
             model(batch)
     finally:
@@ -101,7 +103,7 @@ def activation_histograms(
 
 
 def train_vs_eval(
-    model: nn.Module, batch: Tensor, *, example: int = 0, bn_only: bool = False
+    model: nn.Module, batch: Tensor, *, example: int = 0, bn_only: bool = False, seed: int = 0
 ) -> dict[str, Any]:
     """The same batch in training and prediction mode, and one example alone in training mode.
 
@@ -110,7 +112,8 @@ def train_vs_eval(
     the common bug. A batch of one in training mode fails where a BN layer sees one value per
     channel (N×D, or 1×1 feature maps); the message is returned in ``single["error"]``.
     ``bn_only`` puts only the BN layers in training mode, so dropout does not blur the
-    comparison. No side effects: modes and running statistics are restored.
+    comparison; otherwise dropout draws from a generator seeded with ``seed`` (``local_rng``).
+    No side effects: modes, running statistics and the process-wide RNG stay as they were.
     """
     model = _unwrap(model)
     if batch.dim() < 2 or batch.shape[0] < 1:
@@ -138,7 +141,7 @@ def train_vs_eval(
         return out.argmax(dim=1).cpu().numpy() if out.dim() == 2 else None
 
     x1 = batch[example:example + 1]
-    with preserved(model), torch.no_grad():
+    with preserved(model), torch.no_grad(), local_rng(seed):
         model.eval()
         out_eval = run(batch)
         single_eval = run(x1)
@@ -146,7 +149,7 @@ def train_vs_eval(
         out_train = run(batch)
     error: str | None = None
     single_train: Tensor | None = None
-    with preserved(model), torch.no_grad():
+    with preserved(model), torch.no_grad(), local_rng(seed + 1):
         set_train()
         try:
             single_train = run(x1)

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 from explorer.bn.conventions import (
-    ScratchBatchNorm,
     _bn_channels,
     _bn_tensors,
     _is_bn,
     _unwrap,
     bn_affine,
 )
+from explorer.bn.dataflow import find_flow
 
+METHOD = "meta-device forward pass"  # the plan's method when the data flow was traced
 _FOLD_INTO = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -28,13 +29,7 @@ class FoldPlan:
 
     pairs: tuple[tuple[str, str], ...]  # (conv or linear name, BN name)
     kept: tuple[tuple[str, str], ...]  # (BN name, reason it cannot be folded)
-    method: str  # "torch.fx" or the fallback used when the model cannot be traced
-
-
-class _LeafBNTracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        # ScratchBatchNorm checks shapes in Python, which a symbolic trace cannot run through.
-        return isinstance(m, ScratchBatchNorm) or super().is_leaf_module(m, qualname)
+    method: str  # METHOD, or the fallback used when the forward pass cannot run
 
 
 def _fold_reason(producer: nn.Module | None, bn: nn.Module) -> str | None:
@@ -52,52 +47,54 @@ def _fold_reason(producer: nn.Module | None, bn: nn.Module) -> str | None:
     return None
 
 
-def find_foldable(model: nn.Module) -> FoldPlan:
-    """Pairs (conv/linear → BN) on the torch.fx graph where the BN is the layer's only consumer.
+def find_foldable(model: nn.Module, input_shape: Sequence[int] | None = None) -> FoldPlan:
+    """Pairs (conv/linear → BN) on the model's data flow where the BN is the layer's only user.
 
     A BN folds when its input is the output of a Conv1d/2d/3d or Linear call whose only user is
     that BN, and neither module is called twice. BNs before a conv (DenseNet's BN-ReLU-conv), after
-    an addition or concatenation, or without running statistics stay. When torch.fx cannot trace
-    the model, only adjacent pairs inside plain nn.Sequential containers are folded.
+    an addition or concatenation, or without running statistics stay. The data flow comes from one
+    forward pass on the meta device (``dataflow``: safe beside training threads, unlike torch.fx)
+    with a batch of ``input_shape`` (C×H×W), or, without it, of the first shape that runs. When no
+    pass runs (a forward that reads tensor values), only adjacent pairs inside plain nn.Sequential
+    containers are folded.
     """
     model = _unwrap(model)
-    modules = dict(model.named_modules(remove_duplicate=False))
-    bn_names = [n for n, m in model.named_modules() if _is_bn(m)]
+    modules = dict(model.named_modules())
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        # A lazy layer would allocate its weights during the pass: the model must not change.
+        return _find_foldable_sequential(
+            model, "nn.Sequential scan (the model has lazy layers that are not initialised)")
+    try:
+        flow = find_flow(model, input_shape)
+    except Exception as e:  # noqa: BLE001 - any failed pass means: use the fallback
+        return _find_foldable_sequential(
+            model, f"nn.Sequential scan (the meta-device pass failed: {e})")
+    calls: dict[str, int] = {}
+    for call in flow.calls:
+        calls[call.name] = calls.get(call.name, 0) + 1
     pairs: list[tuple[str, str]] = []
     kept: list[tuple[str, str]] = []
-    try:
-        graph = _LeafBNTracer().trace(model)
-    except Exception as e:  # noqa: BLE001 - any trace failure means: use the fallback
-        return _find_foldable_sequential(model, f"nn.Sequential scan (torch.fx failed: {e})")
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
     seen: set[str] = set()
-    for node in graph.nodes:
-        if node.op != "call_module" or node.target not in bn_names or node.target in seen:
+    for call in flow.calls:
+        if not _is_bn(modules[call.name]) or call.name in seen:
             continue
-        seen.add(node.target)
-        bn = modules[node.target]
-        src = node.args[0] if node.args else None
-        producer = None
-        if isinstance(src, fx.Node) and src.op == "call_module":
-            producer = modules[src.target]
-        reason = _fold_reason(producer, bn)
-        if reason is None and calls[node.target] > 1:
+        seen.add(call.name)
+        src = None if call.source is None else flow.producer[call.source]
+        reason = _fold_reason(None if src is None else modules[src], modules[call.name])
+        if reason is None and calls[call.name] > 1:
             reason = "this BN module is called more than once"
-        elif reason is None and calls[src.target] > 1:
+        elif reason is None and calls[src] > 1:
             reason = "the preceding layer is called more than once (shared weights)"
-        elif reason is None and len(src.users) != 1:
+        elif reason is None and len(flow.users[call.source]) != 1:
             reason = "the preceding layer's output also feeds other layers"
         if reason is None:
-            pairs.append((src.target, node.target))
+            pairs.append((src, call.name))
         else:
-            kept.append((node.target, reason))
-    for name in bn_names:
-        if name not in seen:
+            kept.append((call.name, reason))
+    for name, m in modules.items():
+        if _is_bn(m) and name not in seen:
             kept.append((name, "not called in the traced forward pass"))
-    return FoldPlan(tuple(pairs), tuple(kept), "torch.fx")
+    return FoldPlan(tuple(pairs), tuple(kept), METHOD)
 
 
 def _find_foldable_sequential(model: nn.Module, method: str) -> FoldPlan:
@@ -122,7 +119,8 @@ def _find_foldable_sequential(model: nn.Module, method: str) -> FoldPlan:
     return FoldPlan(tuple(pairs), kept, method)
 
 
-def fold_bn(model: nn.Module, plan: FoldPlan | None = None) -> nn.Module:
+def fold_bn(model: nn.Module, plan: FoldPlan | None = None,
+            input_shape: Sequence[int] | None = None) -> nn.Module:
     """A copy of the model in eval mode with each foldable BN merged into its conv/linear layer.
 
     At test time BN is y = s·x + t per channel with s = γ/√(σ²+ε), t = β - μ·s (d2l §8.5), so
@@ -131,7 +129,7 @@ def fold_bn(model: nn.Module, plan: FoldPlan | None = None) -> nn.Module:
     model's class and module names; it is meant for inference only (its BN layers are gone).
     """
     model = _unwrap(model)
-    plan = find_foldable(model) if plan is None else plan
+    plan = find_foldable(model, input_shape) if plan is None else plan
     folded = copy.deepcopy(model).eval()
     with torch.no_grad():
         for layer_name, bn_name in plan.pairs:
