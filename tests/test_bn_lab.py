@@ -290,22 +290,33 @@ def test_experiment_verdict_sentences():
     def ep(loss, acc):
         return {"train_loss": loss, "test_acc": acc}
 
+    Outcome = bn_lab.Outcome
     happened = bn_lab.experiment_verdict([ep(1.3, 0.35), ep(0.18, 0.94)],
                                          [ep(2.46, 0.1), ep(2.31, 0.1)])
-    assert happened.startswith("It happened: after 2 epochs")
-    assert "0.18 against 2.31" in happened and "94% against 10%" in happened
-    assert f"{math.log(10):.2f}" in happened  # 2.31 is within 10% of ln 10: "not started"
+    # 0.18 < 0.7 · 2.31: a clear win for BN, judged after epoch 2.
+    assert happened.outcome is Outcome.HAPPENED and happened.happened and happened.epoch == 2
+    assert happened.text.startswith("It happened: after 2 epochs")
+    assert "0.18 against 2.31" in happened.text and "94% against 10%" in happened.text
+    assert f"{math.log(10):.2f}" in happened.text  # 2.31 is within 10% of ln 10: "not started"
     reverse = bn_lab.experiment_verdict([ep(2.0, 0.2)], [ep(0.5, 0.8)])
-    assert reverse.startswith("It did not happen this time")
-    close = bn_lab.experiment_verdict([ep(0.50, 0.8)], [ep(0.55, 0.8)])
-    assert close.startswith("No clear difference yet") and "ln 10" not in close
+    assert reverse.outcome is Outcome.REVERSED and not reverse.happened
+    assert reverse.text.startswith("It did not happen this time")
+    close = bn_lab.experiment_verdict([ep(0.50, 0.8)], [ep(0.55, 0.8)])  # 0.50 > 0.7 · 0.55
+    assert close.outcome is Outcome.UNCLEAR and not close.happened
+    assert close.text.startswith("No clear difference yet") and "ln 10" not in close.text
     # Compared at the same epoch: the BN run is two epochs ahead of the other one.
     ahead = bn_lab.experiment_verdict([ep(1.3, 0.3), ep(0.5, 0.6), ep(0.3, 0.9)],
                                       [ep(2.4, 0.1)])
-    assert "after 1 epoch the training loss with BN is 1.30 against 2.40" in ahead
-    assert bn_lab.experiment_verdict([], [ep(2.3, 0.1)]).startswith("The verdict comes")
+    assert ahead.epoch == 1
+    assert "after 1 epoch the training loss with BN is 1.30 against 2.40" in ahead.text
+    pending = bn_lab.experiment_verdict([], [ep(2.3, 0.1)])
+    assert pending.outcome is Outcome.PENDING and pending.text.startswith("The verdict comes")
     no_test = bn_lab.experiment_verdict([ep(0.2, None)], [ep(2.3, None)])
-    assert "test accuracy" not in no_test and no_test.startswith("It happened")
+    assert no_test.happened and "test accuracy" not in no_test.text
+    missing = bn_lab.experiment_verdict([ep(None, 0.5)], [ep(2.3, 0.1)])
+    assert missing.outcome is Outcome.NO_LOSS and not missing.happened
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        happened.outcome = Outcome.UNCLEAR
 
 
 # ---- demonstrations ------------------------------------------------------------------------------
