@@ -8,7 +8,9 @@ et al. 2016 and Wu & He 2018 (arXiv:1803.08494). One module per concern:
 - ``recorder``: ``BNStatsRecorder``, per-channel statistics during training
 - ``demos``: histograms, train vs eval, batch-size noise, a batch of one
 - ``folding``: which BN layers fold into their conv/linear layer, and the folded copy
+- ``dataflow``: which layer feeds which, from a meta-device pass (folding's graph, no torch.fx)
 - ``norms``: batch, layer, instance and group norm side by side
+- ``rng``: ``local_rng``, a seeded generator for one block of one thread (the demos' RNG)
 """
 
 from explorer.bn.conventions import (
