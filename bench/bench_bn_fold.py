@@ -51,7 +51,7 @@ def bench_fold(batch: int, repeats: int, warmup: int) -> dict:
     model = torchvision.models.resnet18(weights=None)
     _randomise_bn(model)
     model.eval()
-    plan = find_foldable(model)
+    plan = find_foldable(model, (3, 224, 224))
     folded = fold_bn(model, plan)
     x = torch.randn(batch, 3, 224, 224)
     times: dict[str, list[float]] = {"unfolded": [], "folded": []}

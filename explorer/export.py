@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import inspect
 import io
+import os
+import subprocess
+import sys
+import tempfile
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -103,19 +108,47 @@ def to_pytorch_source(model: nn.Module, input_shape: tuple[int, int, int], title
             + _FOOTER.format(expr=_expr(model, 4), input_shape=tuple(input_shape)))
 
 
-def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, int, int]) -> bytes:
-    """The model in eval mode as ONNX (opset 18), batch dimension dynamic, for Netron."""
-    buffer = io.BytesIO()
-    was_training = model.training
+def _export_onnx(model: nn.Module, input_shape: tuple[int, int, int]) -> bytes:
+    """The ONNX export itself (runs in the helper process; the model is the process's copy)."""
     model.eval()
-    try:
-        torch.onnx.export(model, (torch.zeros(1, *input_shape),), buffer, dynamo=False,
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=18)
-    finally:
-        model.train(was_training)
-    return buffer.getvalue()
+    # An example batch of 2: torch.export would fix a batch dimension of size 1 to 1.
+    program = torch.onnx.export(
+        model, (torch.zeros(2, *input_shape),), dynamo=True, opset_version=18, verbose=False,
+        input_names=["image"], output_names=["logits"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},))
+    return program.model_proto.SerializeToString()
+
+
+def _serve(path: str) -> None:
+    """The helper process: read a pickled (model, input shape) on stdin, write ONNX to path."""
+    model, shape = torch.load(io.BytesIO(sys.stdin.buffer.read()), weights_only=False)
+    Path(path).write_bytes(_export_onnx(model, shape))
+
+
+def to_onnx_bytes(model: nn.Module, input_shape: tuple[int, int, int]) -> bytes:
+    """The model in eval mode as ONNX (opset 18), batch dimension dynamic, for Netron.
+
+    Uses torch's current exporter (torch.export + onnxscript) in a helper process: torch.export
+    sets process-wide flags while it runs (``torch.compiler.is_exporting()``), which made a
+    training thread of the same process fail in ``optimizer.zero_grad``. ``model`` (on the CPU)
+    is pickled to the helper and stays as it was, train mode included. The helper is a plain
+    subprocess, not multiprocessing: under Streamlit the page script is ``__main__``, which a
+    spawned multiprocessing child would run again.
+    """
+    payload = io.BytesIO()
+    torch.save((model, tuple(int(s) for s in input_shape)), payload)
+    root = str(Path(__file__).resolve().parent.parent)  # where the explorer package lies
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "model.onnx"  # a file, not stdout, which libraries may print to
+        code = f"from explorer.export import _serve; _serve({str(out)!r})"
+        done = subprocess.run([sys.executable, "-c", code], input=payload.getvalue(),
+                              capture_output=True, env=env, check=False)
+        if done.returncode != 0:
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"the ONNX export failed: {tail[0] if tail else done.returncode}")
+        return out.read_bytes()
 
 
 def table_csv(table: Any) -> str:

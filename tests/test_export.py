@@ -2,15 +2,22 @@
 
 import subprocess
 import sys
+import threading
+import warnings
 
+import numpy as np
 import onnx
 import pytest
 import torch
+from onnx.reference import ReferenceEvaluator
+from torch import nn
 
 from explorer.analysis import analyze
-from explorer.export import table_csv, to_onnx_bytes, to_pytorch_source
+from explorer.data import ImageDataset
+from explorer.export import _export_onnx, table_csv, to_onnx_bytes, to_pytorch_source
 from explorer.models import build
 from explorer.registry import get_preset
+from explorer.training import TrainConfig, train
 
 
 # One network per kind of block: residual, Inception, dense, grouped bottleneck, plain + BN.
@@ -41,12 +48,82 @@ def test_exported_source_loads_the_state_dict_and_computes_the_same(tmp_path):
         assert torch.equal(model(x), twin(x))
 
 
-def test_onnx_export_is_a_valid_graph():
-    spec = get_preset("course_lenet").spec
-    proto = onnx.load_from_string(to_onnx_bytes(build(spec), spec.input_shape))
+def test_onnx_is_a_valid_graph_that_computes_what_the_model_computes_in_eval_mode():
+    spec = get_preset("course_bn_lenet").spec  # convs, BN, sigmoid, pooling, linear
+    torch.manual_seed(0)
+    model = build(spec)
+    with torch.no_grad():  # non-trivial running statistics, so eval-mode BN matters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    proto = onnx.load_from_string(to_onnx_bytes(model, spec.input_shape))
+    assert model.training  # the caller's model stays in train mode
     onnx.checker.check_model(proto)
+    assert proto.opset_import[0].version == 18
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims[1:]] == [1, 28, 28]
+    assert dims[0].dim_param  # the batch dimension is symbolic
+    x = torch.randn(3, *spec.input_shape)  # batch 3, where the export saw 2
+    # Second method: onnx's own reference interpreter runs the file.
+    (got,) = ReferenceEvaluator(proto).run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        want = model.eval()(x).numpy()
+    assert got.shape == (3, spec.num_classes)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_the_onnx_export_itself_warns_nothing_deprecated():
+    spec = get_preset("course_lenet").spec
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _export_onnx(build(spec), spec.input_shape)  # the helper process's call, run here
+    bad = [w for w in caught if issubclass(w.category, DeprecationWarning | FutureWarning)]
+    assert not bad, [str(w.message) for w in bad]
+
+
+def test_onnx_export_beside_a_training_thread():
+    """torch.export sets process-wide flags while it runs: in-process, a training thread saw
+    torch.compiler.is_exporting() turn True and once failed (KeyError 'custom' in zero_grad)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (256, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 10, (256,), generator=g)
+    data = ImageDataset("noise", x, y, x[:32], y[:32], tuple(str(i) for i in range(10)))
+    stop, started, outcome = threading.Event(), threading.Event(), {}
+    exporting: list[bool] = []  # what the training thread sees at each step
+
+    class Watch:
+        def on_step_end(self, ctx, metrics):
+            exporting.append(torch.compiler.is_exporting())
+            started.set()
+
+    def run() -> None:
+        try:
+            model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+            outcome["result"] = train(model, (1, 8, 8), 10, data,
+                                      TrainConfig(batch_size=32, epochs=100_000, device="cpu"),
+                                      callbacks=[Watch()], stop_event=stop)
+        except BaseException as e:  # noqa: BLE001 - the test reports whatever the run raised
+            outcome["error"] = e
+        finally:
+            started.set()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        assert started.wait(60)
+        before = len(exporting)
+        spec = get_preset("course_lenet").spec
+        onnx.checker.check_model(onnx.load_from_string(to_onnx_bytes(build(spec),
+                                                                     spec.input_shape)))
+        during = len(exporting) - before
+    finally:
+        stop.set()
+        worker.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["result"].status == "stopped"
+    assert during > 0 and not any(exporting)
 
 
 def test_table_csv_has_every_row():

@@ -16,7 +16,7 @@ from torch import nn
 
 from explorer.errors import ConfigError
 from explorer.models.alexnet import build_alexnet
-from explorer.models.common import count_params, init_weights
+from explorer.models.common import count_params
 from explorer.models.densenet import build_densenet
 from explorer.models.googlenet import build_googlenet
 from explorer.models.lenet import build_lenet
@@ -125,13 +125,15 @@ def validate(spec: SpecBase, limits: SizeLimits = DEFAULT_LIMITS) -> Estimate:
     return est
 
 
-def build(spec: SpecBase, limits: SizeLimits = DEFAULT_LIMITS, init: str = "default",
+def build(spec: SpecBase, limits: SizeLimits = DEFAULT_LIMITS,
           device: str | torch.device | None = None) -> nn.Module:
-    """Validate ``spec``, then build its ``nn.Module`` (float32, train mode)."""
+    """Validate ``spec``, then build its ``nn.Module`` (float32, train mode, PyTorch's init).
+
+    Other initialisations are the training engine's (``explorer.training.initialize``).
+    """
     validate(spec, limits)
     with torch.device(device or "cpu"):
-        model = _builder(spec)(spec)
-    return init_weights(model, init)
+        return _builder(spec)(spec)
 
 
 __all__ = ["BUILDERS", "DEFAULT_LIMITS", "Estimate", "SizeLimits", "build", "estimate",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 
-import torch
 from torch import nn
 
 from explorer.errors import ConfigError
@@ -146,21 +145,3 @@ def gap_head(t: ShapeTracker, num_classes: int, dropout: float = 0.0,
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def init_weights(model: nn.Module, scheme: str) -> nn.Module:
-    """Re-initialise conv and linear weights: 'xavier' (the lectures), 'kaiming' or 'default'."""
-    if scheme == "default":
-        return model
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d | nn.Linear):
-            if scheme == "xavier":
-                nn.init.xavier_uniform_(m.weight)
-            elif scheme == "kaiming":
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            else:
-                raise ConfigError(f"unknown init {scheme!r}; use default, xavier or kaiming.")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return model
