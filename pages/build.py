@@ -41,7 +41,10 @@ from pages.common import (
     restore_widgets,
     save_widgets,
     shape_text,
+    use_app_navigation,
 )
+
+use_app_navigation()  # before anything is drawn (see pages.common)
 
 state = st.session_state
 VIEWS = ["Layers", "Charts", "Diagram", "Share & export", "About"]

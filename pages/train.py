@@ -8,8 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from explorer import charts
+from explorer.bounded import parse_id
 from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
+from explorer.forms import md_escape
 from explorer.io import read_runs, runs_to_json
 from explorer.models import build, validate
 from explorer.registry import PRESETS, get_preset
@@ -24,8 +26,11 @@ from pages.common import (
     job_fragment_interval,
     restore_widgets,
     save_widgets,
+    use_app_navigation,
     write_query,
 )
+
+use_app_navigation()  # before anything is drawn (see pages.common)
 
 state = st.session_state
 SOURCES = ["Build page", "Preset"]
@@ -78,17 +83,20 @@ def first_load() -> None:
         raw = params.get(key)
         value = default if raw is None else url_value(key, raw, default)
         if value is None:
-            refused.append(f"{key}={raw[:40]} ({allowed(key)})")
+            refused.append(f"{key}={md_escape(raw[:40])} ({allowed(key)})")
             value = default
         state[key] = value
-    if refused:
-        state["tr_url_warning"] = (f"The link's settings {'; '.join(refused)} cannot be used; "
-                                   f"the defaults are shown instead.")
     by_url = {v: k for k, v in URL_SOURCES.items()}.get(params.get("tr_source", ""))
     state["tr_source"] = by_url or ("Build page" if "current_spec_json" in state else "Preset")
     state["tr_dir"] = str(default_data_dir())
-    if str(params.get("run", "")).isdigit():
-        state["tr_job"] = int(params["run"])
+    if params.get("run"):
+        try:
+            state["tr_job"] = parse_id(params["run"], "The link's run")
+        except ConfigError as exc:
+            refused.append(md_escape(str(exc)))
+    if refused:
+        state["tr_url_warning"] = (f"The link's settings {'; '.join(refused)} cannot be used; "
+                                   f"the defaults are shown instead.")
     state["tr_loaded"] = True
 
 
@@ -226,7 +234,7 @@ def on_import() -> None:
     try:
         ids = get_manager().store.import_runs(read_runs(upload.getvalue(), upload.name))
     except ConfigError as exc:
-        state["tr_import_msg"] = ("error", str(exc))
+        state["tr_import_msg"] = ("error", md_escape(str(exc)))
         return
     state["tr_import_msg"] = ("success", f"Imported {len(ids)} run(s) as "
                                          f"{', '.join(f'#{i}' for i in ids)}.")
