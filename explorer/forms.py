@@ -169,13 +169,16 @@ BOOK_ORDER_NOTE: dict[type, str] = {
 }
 
 
-# Characters that start Markdown (CommonMark, plus Streamlit's $math$ and :color[...]) inline.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>$~|&#])")
+# Characters that start Markdown (CommonMark, plus Streamlit's $math$ and :color[...]) inline;
+# ``!`` starts an image, and ``:`` and ``@`` start GitHub's bare-URL and e-mail autolinks.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>$~|&#!:@])")
+_WWW = re.compile(r"(?i)(www)\.")  # GitHub autolinks www.example.com too
 
 
 def md_escape(text: str) -> str:
-    """``text`` with a backslash before every character Markdown would read as markup."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    """``text`` with a backslash before every character Markdown would read as markup, so that
+    a link or an image in it shows as the text typed (no request leaves the visitor's browser)."""
+    return _WWW.sub(r"\1\\.", _MARKDOWN_SPECIAL.sub(r"\\\1", str(text)))
 
 
 def code_span(text: str) -> str:

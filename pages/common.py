@@ -15,7 +15,7 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from explorer.analysis import Analysis, analyze
 from explorer.cost import check_spec
-from explorer.data import load_dataset
+from explorer.data import load_dataset_for_visitor
 from explorer.errors import ConfigError
 from explorer.forms import md_escape
 from explorer.registry import DEFAULT_PRESET, get_preset
@@ -95,8 +95,9 @@ SPEC_QUERY_KEYS = frozenset({"family"} | {f.name for cls in SPEC_TYPES.values()
 @st.cache_resource(max_entries=4, show_spinner="Loading the dataset…")
 def dataset(name: str, data_dir: str, download: bool):
     """One cache for every page: a dataset is loaded once and shared by every user of the
-    server (read-only uint8 tensors); a blank directory means the default one."""
-    return load_dataset(name, data_dir, download)
+    server (read-only uint8 tensors); a blank directory means the default one, and a visitor
+    names only folders inside it (``explorer.data.confined_data_dir``)."""
+    return load_dataset_for_visitor(name, data_dir, download)
 
 
 def current_spec():
