@@ -209,7 +209,8 @@ def live_panel(job_id: int) -> None:
                     text=f"step {snap.step:,} of {snap.total_steps:,}{eta_text}")
     cols = st.columns(4)
     cols[0].metric("Loss", f"{last['loss']:.3f}" if "loss" in last else "–")
-    cols[1].metric("Train acc", f"{epochs[-1]['train_acc']:.1%}" if epochs else "–")
+    train_acc = epochs[-1].get("train_acc") if epochs else None  # an imported run may lack it
+    cols[1].metric("Train acc", f"{train_acc:.1%}" if train_acc is not None else "–")
     test = epochs[-1].get("test_acc") if epochs else None
     cols[2].metric("Test acc", f"{test:.1%}" if test is not None else "–")
     cols[3].metric("Images/s", fmt_count(last["images_per_s"]) if "images_per_s" in last
