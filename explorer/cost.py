@@ -84,11 +84,9 @@ def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if next(m.children(), None) is None]
 
 
-def estimate_cost(spec: SpecBase, max_layers: int = MAX_LAYERS) -> Cost:
-    """Build ``spec`` on the meta device and count multiply-adds with one meta forward pass.
-
-    Layers are counted first, so a spec with too many is refused before the forward pass.
-    """
+def meta_model(spec: SpecBase, max_layers: int = MAX_LAYERS) -> nn.Module:
+    """``spec``'s model on the meta device, refused once it holds more than ``max_layers``
+    leaf modules (the build itself is stopped part way: see ``_count_registration``)."""
     too_many = ConfigError(f"this model has more than {max_layers:,} layers, the limit on this "
                            f"server; use fewer blocks or fewer layers per block.")
     try:
@@ -96,19 +94,25 @@ def estimate_cost(spec: SpecBase, max_layers: int = MAX_LAYERS) -> Cost:
         model = _meta_model(spec, max_layers + max_layers // 4)
     except _TooManyModules:
         raise too_many from None
-    leaves = _leaves(model)
-    if len(leaves) > max_layers:
+    if len(_leaves(model)) > max_layers:
         raise too_many
+    return model
+
+
+def estimate_cost(spec: SpecBase, model: nn.Module | None = None,
+                  max_layers: int = MAX_LAYERS) -> Cost:
+    """Multiply-adds of ``spec`` counted with one forward pass on the meta device (``model``:
+    its ``meta_model``, built here when not given)."""
+    model = meta_model(spec, max_layers) if model is None else model
+    leaves = _leaves(model)
     per_module: dict[str, int] = {}
 
     def hook(name: str):
         def count(mod: nn.Module, _inp: object, out: torch.Tensor) -> None:
             if isinstance(mod, nn.modules.conv._ConvNd):
                 n = out.numel() * math.prod(mod.weight.shape[1:])  # per output: C_in/g×Kh×Kw
-            elif isinstance(mod, nn.Linear):
+            else:  # nn.Linear
                 n = out.numel() * mod.in_features
-            else:
-                return
             per_module[name] = per_module.get(name, 0) + n
         return count
 
@@ -128,27 +132,12 @@ def _g(n: float) -> str:
     return f"{n / 1e12:,.1f} T" if n >= 1e12 else f"{n / 1e9:,.1f} G"
 
 
-def check_cost(spec: SpecBase, max_macs: int = MAX_MACS, max_layers: int = MAX_LAYERS) -> Cost:
-    """``estimate_cost``, refusing a model above the limits with a sentence naming what to shrink.
-
-    The spec must already build (``explorer.models.validate``); its ConfigErrors pass through.
-    """
-    cost = estimate_cost(spec, max_layers)
-    if cost.macs > max_macs:
-        c, h, w = spec.input_shape
-        raise ConfigError(
-            f"one {c}×{h}×{w} image through this model takes {_g(cost.macs)} multiply-adds, "
-            f"above this server's limit of {_g(max_macs)}; {cost.largest} alone takes "
-            f"{_g(cost.largest_macs)}: give it fewer channels or a smaller kernel, or use a "
-            f"smaller input.")
-    return cost
-
-
 def check_spec(spec: SpecBase, max_macs: int = MAX_MACS, max_layers: int = MAX_LAYERS) -> Cost:
-    """Every limit a spec must pass before anything real is built, the cheapest first: layers,
-    shapes, multiply-adds, then ``validate``'s parameters and activations."""
+    """Every limit a spec must pass before anything real is built, the cheapest first: layers
+    and shapes (a budgeted meta build), ``validate``'s parameters and activations, then
+    multiply-adds; a refusal is a sentence that names what to shrink."""
     try:
-        cost = check_cost(spec, max_macs, max_layers)
+        model = meta_model(spec, max_layers)
     except ConfigError as exc:
         if "would shrink" not in str(exc):
             raise
@@ -161,4 +150,12 @@ def check_spec(spec: SpecBase, max_macs: int = MAX_MACS, max_layers: int = MAX_L
             pass
         raise
     validate(spec)
+    cost = estimate_cost(spec, model)
+    if cost.macs > max_macs:
+        c, h, w = spec.input_shape
+        raise ConfigError(
+            f"one {c}×{h}×{w} image through this model takes {_g(cost.macs)} multiply-adds, "
+            f"above this server's limit of {_g(max_macs)}; {cost.largest} alone takes "
+            f"{_g(cost.largest_macs)}: give it fewer channels or a smaller kernel, or use a "
+            f"smaller input.")
     return cost

@@ -137,6 +137,9 @@ def spec_from_link(link: str) -> tuple[str, SpecBase]:
             name = preset if preset in PRESETS else f"linked_{spec.family}"
             return safe_name(name), spec
         if "preset" in params:
+            if len(params["preset"]) > 64:  # no preset name is that long; do not echo it
+                raise ConfigError("its preset name is too long to be one; python -m explorer "
+                                  "presets lists them.")
             return safe_name(params["preset"]), get_preset(params["preset"]).spec
     except ConfigError as exc:
         raise ConfigError(f"the link's model could not be read: {exc}") from None
