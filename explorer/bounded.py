@@ -61,14 +61,16 @@ def check_text(text: str, what: str, max_chars: int, max_depth: int = MAX_DEPTH,
                               f"deep, and at most {max_depth} are accepted.")
 
 
-def loads(text: str, what: str, max_chars: int, max_depth: int = MAX_DEPTH) -> Any:
-    """``json.loads`` after ``check_text``; a syntax error is one sentence naming ``what``."""
+def loads(text: str, what: str, max_chars: int, max_depth: int = MAX_DEPTH,
+          fix: str = "") -> Any:
+    """``json.loads`` after ``check_text``; a syntax error is one sentence naming ``what`` (and
+    ``fix``, what to do about it)."""
     check_text(text, what, max_chars, max_depth)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
-                          f"{exc.colno}).") from None
+                          f"{exc.colno}){'; ' + fix if fix else ''}.") from None
     except (RecursionError, ValueError, OverflowError, MemoryError):  # the scan prevents these
         raise ConfigError(f"{what} cannot be read as JSON.") from None
 

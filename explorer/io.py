@@ -73,7 +73,7 @@ def _load_json(data: bytes | str, filename: str, max_bytes: int, what: str,
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(f"{shown} is not a text file; pick {source}.") from None
-    return shown, loads(text, shown, max_bytes)
+    return shown, loads(text, shown, max_bytes, fix="download it again or fix that line")
 
 
 def read_specs(data: bytes | str, filename: str = "spec.json") -> dict[str, SpecBase]:
