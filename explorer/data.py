@@ -186,7 +186,8 @@ def load_dataset_for_visitor(name: str, data_dir: str | None, download: bool) ->
     try:
         return load_dataset(name, root, download)
     except ConfigError as exc:
-        text = str(exc).replace(str(default_data_dir().resolve()), "$EXPLORER_DATA_DIR")
+        # Named like the setting, without "$": Streamlit would read $…$ as math.
+        text = str(exc).replace(str(default_data_dir().resolve()), "EXPLORER_DATA_DIR")
         raise ConfigError(_ABSOLUTE_PATH.sub("(a server path)", text)) from None
 
 
