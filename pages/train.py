@@ -91,9 +91,9 @@ def first_load() -> None:
     state["tr_dir"] = str(default_data_dir())
     if params.get("run"):
         try:
-            state["tr_job"] = parse_id(params["run"], "The link's run")
-        except ConfigError as exc:
-            refused.append(md_escape(str(exc)))
+            state["tr_job"] = parse_id(params["run"], "run")
+        except ConfigError:
+            refused.append(f"run={md_escape(params['run'][:40])} (a run number such as 12)")
     if refused:
         state["tr_url_warning"] = (f"The link's settings {'; '.join(refused)} cannot be used; "
                                    f"the defaults are shown instead.")
