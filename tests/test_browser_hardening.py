@@ -136,3 +136,25 @@ def test_text_from_links_is_shown_as_text_never_as_an_image_or_a_link(chromium, 
                                                    for i in range(found.count())])
             assert tab.locator("[data-testid='stException']").count() == 0, path
     assert requests_out == []
+
+
+def test_the_onnx_file_is_exported_when_clicked_not_kept_in_the_session(chromium, tmp_path):
+    import onnx
+
+    with fresh_server(tmp_path) as url:
+        tab = chromium.new_context(viewport={"width": 1280, "height": 720},
+                                   accept_downloads=True).new_page()
+        tab.goto(f"{url}/?preset=course_lenet")
+        _settled(tab, "Build a network")
+        tab.get_by_text("Share & export", exact=True).click()
+        button = tab.get_by_role("button", name="ONNX (for Netron)")
+        button.wait_for(timeout=60_000)
+        with tab.expect_download(timeout=120_000) as info:
+            button.click()
+        path = tmp_path / "model.onnx"
+        info.value.save_as(path)
+    model = onnx.load(str(path))
+    # The course LeNet: two convs and three linear layers (LECTURES.md), so five weight tensors.
+    weights = [t for t in model.graph.initializer if len(t.dims) > 1]
+    assert len(weights) == 5
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:] == [1, 28, 28]
