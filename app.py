@@ -4,6 +4,10 @@ import streamlit as st
 
 from explorer.system import device_description, versions
 
+# The pages' shared module is imported here, once, before st.navigation runs any page: the
+# pages of several first visitors then find it whole instead of importing it side by side.
+from pages.common import run_page
+
 st.set_page_config(page_title="CNN Explorer", page_icon="🧠", layout="wide",
                    initial_sidebar_state="expanded")
 
@@ -36,4 +40,4 @@ with st.sidebar:
     st.page_link(PAGES[-1], label="How to use it", icon=":material/menu_book:",
                  help="The README: how to run the app, the command line and the spec format.")
 
-page.run()
+run_page(page)  # an unexpected exception becomes a sentence, its traceback goes to the log

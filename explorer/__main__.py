@@ -29,8 +29,8 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 def load_spec(name_or_path: str) -> tuple[str, Any]:
     """A preset name or a spec JSON file; returns (display name, spec)."""
+    from explorer.io import MAX_SPEC_BYTES, read_specs
     from explorer.registry import PRESETS, get_preset
-    from explorer.specs import spec_from_json
 
     if name_or_path in PRESETS:
         return name_or_path, get_preset(name_or_path).spec
@@ -39,7 +39,17 @@ def load_spec(name_or_path: str) -> tuple[str, Any]:
         if not path.is_file():
             raise ConfigError(f"no spec file at {path}; give a preset name (python -m explorer "
                               f"presets lists them) or the path of a spec JSON file.")
-        return path.stem, spec_from_json(path.read_text(encoding="utf-8"))
+        try:
+            with path.open("rb") as f:  # read one byte past the limit, never a whole huge file
+                data = f.read(MAX_SPEC_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{path} cannot be read ({exc.strerror or exc}).") from None
+        # The same checks as an upload: size, UTF-8, JSON depth and digits, spec, cost.
+        specs = read_specs(data, path.name)
+        if len(specs) != 1:
+            raise ConfigError(f"{path} holds {len(specs)} models; summary takes a file with one "
+                              f"spec.")
+        return path.stem, next(iter(specs.values()))
     return name_or_path, get_preset(name_or_path).spec  # raises, listing the known names
 
 

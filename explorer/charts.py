@@ -296,11 +296,11 @@ def loss_figure(step_rows: object, weight: float = 0.8) -> go.Figure:
     """Training loss per reported step: raw (thin) and smoothed (thick)."""
     df = _frame(step_rows)
     fig = go.Figure()
-    if not df.empty:
+    if not df.empty and {"step", "loss"} <= set(df):  # an imported run may lack a column
         fig.add_scatter(x=df["step"], y=df["loss"], mode="lines", name="loss",
                         line={"color": COLORS["params"], "width": 1}, opacity=0.45)
         # One report so far (a big model's first step): a line needs two points, so mark it.
-        fig.add_scatter(x=df["step"], y=smooth(df["loss"], weight),
+        fig.add_scatter(x=df["step"], y=smooth(pd.to_numeric(df["loss"], errors="coerce"), weight),
                         mode="lines+markers" if len(df) == 1 else "lines",
                         name="smoothed", line={"color": COLORS["params"], "width": 3})
     fig.update_xaxes(title_text="step")
@@ -312,12 +312,12 @@ def accuracy_figure(epoch_rows: object) -> go.Figure:
     """Train and test accuracy per epoch."""
     df = _frame(epoch_rows)
     fig = go.Figure()
-    if not df.empty:
-        fig.add_scatter(x=df["epoch"], y=df["train_acc"], mode="lines+markers", name="train",
-                        line={"color": COLORS["macs"], "width": 3})
-        if "test_acc" in df and df["test_acc"].notna().any():
-            fig.add_scatter(x=df["epoch"], y=df["test_acc"], mode="lines+markers", name="test",
-                            line={"color": COLORS["channels"], "width": 3})
+    for col, name, color in (("train_acc", "train", COLORS["macs"]),
+                             ("test_acc", "test", COLORS["channels"])):
+        # An imported run may lack a column, or hold only nulls in it.
+        if "epoch" in df and col in df and df[col].notna().any():
+            fig.add_scatter(x=df["epoch"], y=df[col], mode="lines+markers", name=name,
+                            line={"color": color, "width": 3})
     fig.update_xaxes(title_text="epoch", dtick=1)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02])
     return _layout(fig, "Accuracy per epoch", 340)
@@ -327,7 +327,7 @@ def lr_figure(step_rows: object) -> go.Figure:
     """The learning rate the schedule set at each reported step."""
     df = _frame(step_rows)
     fig = go.Figure()
-    if not df.empty:
+    if not df.empty and {"step", "lr"} <= set(df):
         fig.add_scatter(x=df["step"], y=df["lr"], mode="lines", name="learning rate",
                         line={"color": COLORS["rf"], "width": 3})
     fig.update_xaxes(title_text="step")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import re
 import shutil
 import tarfile
 from dataclasses import dataclass, field
@@ -153,6 +154,41 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 def default_data_dir() -> Path:
     """The data directory: $EXPLORER_DATA_DIR when set, else ./data."""
     return Path(os.environ.get("EXPLORER_DATA_DIR") or "data")
+
+
+ANY_PATH_ENV = "EXPLORER_DATA_ANY_PATH"  # "1": the server's owner lets visitors name any folder
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s,;:()'\"]+")
+
+
+def confined_data_dir(text: str | None) -> Path:
+    """The folder a web visitor typed, inside ``default_data_dir()``: blank (or the default
+    itself) is the default, else one subfolder given by its name. Any path at all only when
+    the server's owner sets $EXPLORER_DATA_ANY_PATH=1."""
+    base = default_data_dir()
+    typed = str(text or "").strip()
+    if not typed or typed in (str(base), str(base.resolve())):
+        return base
+    if os.environ.get(ANY_PATH_ENV) == "1":
+        return Path(typed)
+    inside = base / typed
+    if _FOLDER_NAME.fullmatch(typed) and inside.resolve().is_relative_to(base.resolve()):
+        return inside
+    raise ConfigError("the data directory must be blank (the server's data folder) or the name "
+                      "of a folder inside it, such as cifar; other paths on the server are not "
+                      "open to visitors.")
+
+
+def load_dataset_for_visitor(name: str, data_dir: str | None, download: bool) -> ImageDataset:
+    """``load_dataset`` for the web pages: the folder confined (``confined_data_dir``), so that
+    a download creates folders only there, and no message names a path on the server."""
+    root = confined_data_dir(data_dir)
+    try:
+        return load_dataset(name, root, download)
+    except ConfigError as exc:
+        # Named like the setting, without "$": Streamlit would read $…$ as math.
+        text = str(exc).replace(str(default_data_dir().resolve()), "EXPLORER_DATA_DIR")
+        raise ConfigError(_ABSOLUTE_PATH.sub("(a server path)", text)) from None
 
 
 def dataset_names() -> list[str]:

@@ -170,13 +170,21 @@ BOOK_ORDER_NOTE: dict[type, str] = {
 }
 
 
-# Characters that start Markdown (CommonMark, plus Streamlit's $math$ and :color[...]) inline.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>$~|&#])")
+# Characters that start Markdown (CommonMark, plus Streamlit's $math$ and :color[...]) inline;
+# ``!`` starts an image.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>$~|&#!:@])")
+# GitHub's autolinks (http://…, www.…, a@b.c) are found in the text after escapes are read, so a
+# backslash cannot stop them; an invisible WORD JOINER inside "://", "www." and after "@" does.
+WORD_JOINER = "\u2060"
+_AUTOLINK = re.compile(r"(?i)(?<=:)(?=//)|(?<=www)(?=\\?\.)|(?<=@)")
 
 
 def md_escape(text: str) -> str:
-    """``text`` with a backslash before every character Markdown would read as markup."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+    """``text`` with a backslash before every character Markdown would read as markup and the
+    start of every autolink broken, so that a link or an image in it shows as the text typed
+    (no <a>, no request from the visitor's browser to the host it names)."""
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+    return _AUTOLINK.sub(WORD_JOINER, escaped)
 
 
 def code_span(text: str) -> str:

@@ -13,8 +13,8 @@ from pathlib import PurePath
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from explorer.bounded import loads
 from explorer.errors import ConfigError
-from explorer.models import validate
 from explorer.registry import PRESETS, get_preset
 from explorer.specs import SpecBase, spec_from_dict, spec_from_query
 
@@ -46,10 +46,12 @@ def specs_to_json(specs: Mapping[str, SpecBase]) -> str:
 
 
 def _checked(data: Any, where: str) -> SpecBase:
-    """A spec from a JSON-like value that also builds within the size limits."""
+    """A spec from a JSON-like value that also builds within the size and cost limits."""
+    from explorer.cost import check_spec  # lazy: the meta-device builders import torch
+
     try:
         spec = spec_from_dict(data)
-        validate(spec)
+        check_spec(spec)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except RecursionError:
@@ -71,13 +73,7 @@ def _load_json(data: bytes | str, filename: str, max_bytes: int, what: str,
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(f"{shown} is not a text file; pick {source}.") from None
-    try:
-        return shown, json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{shown} is not valid JSON ({exc.msg} at line {exc.lineno}, column "
-                          f"{exc.colno}); download it again or fix that line.") from None
-    except RecursionError:
-        raise ConfigError(f"{shown} is nested too deeply to be a {what} file.") from None
+    return shown, loads(text, shown, max_bytes, fix="download it again or fix that line")
 
 
 def read_specs(data: bytes | str, filename: str = "spec.json") -> dict[str, SpecBase]:
@@ -133,13 +129,18 @@ def spec_from_link(link: str) -> tuple[str, SpecBase]:
     params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     try:
         if "family" in params:
+            from explorer.cost import check_spec
+
             spec = spec_from_query(params)
-            validate(spec)
+            check_spec(spec)
             preset = params.get("preset", "")
             name = preset if preset in PRESETS else f"linked_{spec.family}"
             return safe_name(name), spec
         if "preset" in params:
-            return params["preset"], get_preset(params["preset"]).spec
+            if len(params["preset"]) > 64:  # no preset name is that long; do not echo it
+                raise ConfigError("its preset name is too long to be one; python -m explorer "
+                                  "presets lists them.")
+            return safe_name(params["preset"]), get_preset(params["preset"]).spec
     except ConfigError as exc:
         raise ConfigError(f"the link's model could not be read: {exc}") from None
     raise ConfigError("the link holds no model; copy the link from the Build page's "
@@ -151,7 +152,7 @@ __all__ = ["FORMAT", "MAX_MODELS", "MAX_SPEC_BYTES", "read_spec", "read_specs", 
 
 
 RUNS_FORMAT = "cnn-explorer/runs"  # marks a file that holds several exported runs
-MAX_RUNS_BYTES = 32 * 1024 * 1024  # a 2,000-step run with every metric is well under 2 MiB
+MAX_RUNS_BYTES = 16 * 1024 * 1024  # a 2,000-step run with every metric is well under 2 MiB
 MAX_RUNS = 50
 
 

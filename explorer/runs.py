@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from explorer.bounded import shown
 from explorer.errors import ConfigError
 from explorer.runqueue import QueueOps
 
@@ -365,6 +366,13 @@ class RunStore(QueueOps):
                     session: str | None = None) -> list[int]:
         """Store several exported runs in one transaction: every one is validated first, and a
         malformed one raises ConfigError (naming it) with nothing stored."""
+        if len(items) > MAX_IMPORT_RUNS:
+            raise _bad(f"it holds {len(items):,} runs; import at most {MAX_IMPORT_RUNS} at once")
+        rows = sum(len(d.get("metrics", ())) for d in items if isinstance(d, Mapping)
+                   and isinstance(d.get("metrics"), list))
+        if rows > MAX_IMPORT_ROWS:
+            raise _bad(f"its runs hold {rows:,} metric rows in all; at most {MAX_IMPORT_ROWS:,} "
+                       f"are imported at once, so import fewer runs")
         checked = []
         for i, data in enumerate(items, 1):
             try:
@@ -392,6 +400,13 @@ class RunStore(QueueOps):
 
 
 LATEST_TIME = 7_258_118_400  # 2200-01-01 UTC: imported times must lie before it
+MAX_IMPORT_RUNS = 50  # runs in one import
+MAX_IMPORT_ROWS = 100_000  # metric rows in one import
+MAX_RUN_ROWS = 20_000  # metric rows of one run: a 2,000-step run logs about 2,100
+MAX_RUN_STEP = 10**9  # a step or epoch number (SQLite holds 2**63; nobody trains that long)
+MAX_SPEC_CHARS = 64 * 1024  # the largest preset's spec is under 2 KiB
+MAX_ERROR_CHARS = 4_000
+MAX_VALUES = 64  # metric names in one row
 
 
 def _bad(message: str) -> ConfigError:
@@ -403,14 +418,18 @@ def _validate_export(data: Any) -> tuple[dict[str, Any], list[tuple[str, int, in
     if not isinstance(data, Mapping):
         raise _bad(f"it must be a JSON object, got {type(data).__name__}")
     if data.get("format") != EXPORT_FORMAT:
-        raise _bad(f"its 'format' must be {EXPORT_FORMAT!r}, got {data.get('format')!r}")
+        raise _bad(f"its 'format' must be {EXPORT_FORMAT!r}, got {shown(data.get('format'))}")
     if data.get("version") != EXPORT_VERSION:
-        raise _bad(f"its 'version' must be {EXPORT_VERSION}, got {data.get('version')!r}")
+        raise _bad(f"its 'version' must be {EXPORT_VERSION}, got {shown(data.get('version'))}")
     name = data.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > 500:
         raise _bad("'name' must be a non-empty text of at most 500 characters")
     if not isinstance(data.get("spec"), Mapping):
         raise _bad("'spec' must be an object (the model spec)")
+    spec_json = _json(dict(data["spec"]), "the model spec")
+    if len(spec_json) > MAX_SPEC_CHARS:
+        raise _bad(f"its spec is {len(spec_json):,} characters long; a model spec is at most "
+                   f"{MAX_SPEC_CHARS:,}")
     if not isinstance(data.get("config"), Mapping):
         raise _bad("'config' must be an object (the training config)")
     from explorer.training import TrainConfig  # the store itself does not need torch
@@ -419,18 +438,23 @@ def _validate_export(data: Any) -> tuple[dict[str, Any], list[tuple[str, int, in
         config = TrainConfig.from_dict(data["config"]).to_dict()
     except ConfigError as exc:
         raise _bad(f"its training config is invalid ({exc})") from exc
+    except (OverflowError, ValueError, TypeError):  # e.g. a 400-digit learning rate
+        raise _bad("its training config holds a value that is not a usable number") from None
     status = data.get("status")
     if status not in STATUSES:
-        raise _bad(f"'status' must be one of {', '.join(STATUSES)}, got {status!r}")
+        raise _bad(f"'status' must be one of {', '.join(STATUSES)}, got {shown(status)}")
     error = data.get("error")
     if error is not None and not isinstance(error, str):
         raise _bad("'error' must be text or null")
+    if error is not None and len(error) > MAX_ERROR_CHARS:
+        raise _bad(f"'error' is {len(error):,} characters long; at most {MAX_ERROR_CHARS:,} are "
+                   f"kept")
     times = {}
     for key in ("created_at", "started_at", "finished_at"):
         value = data.get(key)
         if value is not None and not (_finite(value) and 0 <= value < LATEST_TIME):
             raise _bad(f"'{key}' must be Unix seconds between 1970 and 2200 or null, got "
-                       f"{value!r}")
+                       f"{shown(value)}")
         times[key] = value
     if times["created_at"] is None:
         times["created_at"] = time.time()
@@ -439,29 +463,38 @@ def _validate_export(data: Any) -> tuple[dict[str, Any], list[tuple[str, int, in
     rows = data.get("metrics", [])
     if not isinstance(rows, list):
         raise _bad("'metrics' must be a list")
+    if len(rows) > MAX_RUN_ROWS:
+        raise _bad(f"it holds {len(rows):,} metric rows; a run has at most {MAX_RUN_ROWS:,}")
     metrics = []
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping) or row.get("kind") not in KINDS:
             raise _bad(f"metrics row {i} must be an object with kind 'step' or 'epoch'")
         for key in ("step", "epoch"):
             v = row.get(key)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise _bad(f"metrics row {i} needs a whole, non-negative '{key}', got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_RUN_STEP:
+                raise _bad(f"metrics row {i} needs a whole '{key}' from 0 to {MAX_RUN_STEP:,}, "
+                           f"got {shown(v)}")
         values = row.get("values")
-        if not isinstance(values, Mapping) or not all(
-                isinstance(k, str) and (v is None or _finite(v)) for k, v in values.items()):
-            raise _bad(f"metrics row {i} needs 'values', an object of names to numbers or null")
+        if not isinstance(values, Mapping) or len(values) > MAX_VALUES or not all(
+                isinstance(k, str) and len(k) <= 64 and (v is None or _finite(v))
+                for k, v in values.items()):
+            raise _bad(f"metrics row {i} needs 'values', an object of at most {MAX_VALUES} "
+                       f"names to numbers or null")
         metrics.append((row["kind"], row["step"], row["epoch"],
                         json.dumps(dict(values), sort_keys=True)))
-    run = {"name": name.strip(), "spec": _json(dict(data["spec"]), "the model spec"),
+    run = {"name": name.strip(), "spec": spec_json,
            "config": json.dumps(config, sort_keys=True), "status": status, "error": error,
            **times}
     return run, metrics
 
 
 def _finite(value: Any) -> bool:
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value))
+    """A real number that a float holds: a 400-digit int is not (math.isfinite overflows)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**1000  # float's range ends near 1.8e308 = 2**1024
+    return math.isfinite(value)
 
 
 class StoreCallback:

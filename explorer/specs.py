@@ -15,6 +15,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, NamedTuple
 
+from explorer.bounded import check_text, loads, shown
 from explorer.errors import ConfigError
 
 Shape = tuple[int, int, int]
@@ -89,6 +90,9 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_MAX_ITEMS = 64  # no list field holds more; a longer one is refused before any entry is read
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Turn a JSON-like ``value`` into type ``tp`` or raise ConfigError naming ``where``."""
     origin = typing.get_origin(tp)
@@ -99,32 +103,39 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise ConfigError(f"{where} must be true or false, not {value!r}.")
+        raise ConfigError(f"{where} must be true or false, not {shown(value)}.")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where} must be a whole number, not {value!r}.")
+            raise ConfigError(f"{where} must be a whole number, not {shown(value)}.")
         if isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{where} must be a whole number, not {value!r}.")
+            raise ConfigError(f"{where} must be a whole number, not {shown(value)}.")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where} must be a number, not {value!r}.")
+            raise ConfigError(f"{where} must be a number, not {shown(value)}.")
         if value != value or value in (float("inf"), float("-inf")):
-            raise ConfigError(f"{where} must be a finite number, not {value!r}.")
-        return float(value)
+            raise ConfigError(f"{where} must be a finite number, not {shown(value)}.")
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond 1e308, e.g. 1 followed by 400 zeros
+            raise ConfigError(f"{where} must be a number below 1e308, not "
+                              f"{shown(value)}.") from None
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
             raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}, "
-                              f"not {value!r}.")
+                              f"not {shown(value)}.")
         return value
     if isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields"):
         return _coerce_row(value, tp, where)
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where} must be a list, not {value!r}.")
+            raise ConfigError(f"{where} must be a list, not {shown(value)}.")
         if len(args) == 2 and args[1] is Ellipsis:
+            if len(value) > _MAX_ITEMS:
+                raise ConfigError(f"{where} has {len(value):,} entries; at most {_MAX_ITEMS} "
+                                  f"are allowed.")
             return tuple(_coerce(v, args[0], f"{where}[{i + 1}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where} must have {len(args)} numbers, not {len(value)}.")
@@ -142,7 +153,7 @@ def _coerce_row(value: Any, row_type: type, where: str) -> Any:
     if isinstance(value, dict):
         unknown = set(value) - set(names)
         if unknown:
-            raise ConfigError(f"{where} has unknown field(s) {sorted(unknown)}; "
+            raise ConfigError(f"{where} has unknown field(s) {shown(sorted(unknown))}; "
                               f"its fields are {', '.join(names)}.")
         missing = [n for n in names if n not in value and n not in defaults]
         if missing:
@@ -156,25 +167,32 @@ def _coerce_row(value: Any, row_type: type, where: str) -> Any:
                               f"not {len(value)}.")
         items = list(value) + [defaults[n] for n in names[len(value):]]
     else:
-        raise ConfigError(f"{where} must be a row ({', '.join(names)}), not {value!r}.")
+        raise ConfigError(f"{where} must be a row ({', '.join(names)}), not {shown(value)}.")
     hints = typing.get_type_hints(row_type)
     out = []
     for name, item in zip(names, items, strict=True):
         v = _coerce(item, hints[name], f"{where} {name}")
         lo, hi = _ROW_LIMITS[row_type][name]
         if not lo <= int(v) <= hi:
-            raise ConfigError(f"{where} {name} is {v}; it must be between {lo} and {hi}.")
+            raise ConfigError(f"{where} {name} is {shown(v)}; it must be between {lo} and {hi}.")
         out.append(v)
     return row_type(*out)
+
+
+def _check_length(name: str, value: Any, meta: dict) -> None:
+    """Refuse a list longer than its field allows before any entry is converted."""
+    max_len = meta.get("max_len", 16)
+    if isinstance(value, list | tuple) and len(value) > max_len:
+        raise ConfigError(f"{name} has {len(value):,} entries; at most {max_len} are allowed.")
 
 
 def _check_range(name: str, value: Any, meta: dict) -> None:
     lo, hi, items = meta.get("lo"), meta.get("hi"), meta.get("items")
     if isinstance(value, int | float) and not isinstance(value, bool):
         if lo is not None and value < lo:
-            raise ConfigError(f"{name} is {value}; it must be at least {lo}.")
+            raise ConfigError(f"{name} is {shown(value)}; it must be at least {lo}.")
         if hi is not None and value > hi:
-            raise ConfigError(f"{name} is {value}; it must be at most {hi}.")
+            raise ConfigError(f"{name} is {shown(value)}; it must be at most {hi}.")
     if isinstance(value, tuple):
         max_len = meta.get("max_len", 16)
         if meta.get("lo") is not None and len(value) < meta["lo"]:
@@ -198,6 +216,7 @@ class SpecBase:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):  # type: ignore[arg-type]
+            _check_length(f.name, getattr(self, f.name), dict(f.metadata))
             value = _coerce(getattr(self, f.name), hints[f.name], f.name)
             if f.name == "input_shape":
                 _check_input_shape(value)
@@ -513,7 +532,7 @@ def spec_type(family: str) -> type[SpecBase]:
     try:
         return SPEC_TYPES[family]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown family {family!r}; choose one of "
+        raise ConfigError(f"unknown family {shown(family)}; choose one of "
                           f"{', '.join(FAMILIES)}.") from None
 
 
@@ -527,19 +546,20 @@ def spec_from_dict(data: dict[str, Any]) -> Any:
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names - {"family"})
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(unknown)} for {cls.title}; "
+        raise ConfigError(f"unknown field(s) {shown(', '.join(unknown))[1:-1]} for {cls.title}; "
                           f"its fields are {', '.join(sorted(names))}.")
     return cls(**{k: v for k, v in data.items() if k != "family"})
 
 
+MAX_SPEC_CHARS = 64 * 1024  # the largest preset's spec is under 2 KiB
+
+
 def spec_from_json(text: str) -> Any:
-    """Parse a spec from JSON text (a file's contents); bad JSON is a ConfigError."""
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"the spec is not valid JSON ({exc.msg} at line {exc.lineno}).") \
-            from None
-    return spec_from_dict(data)
+    """Parse a spec from JSON text (a file's contents); bad or oversized JSON is a ConfigError."""
+    return spec_from_dict(loads(text, "the spec", MAX_SPEC_CHARS))
+
+
+_MAX_QUERY_CHARS = 8 * 1024  # one field's value in a link
 
 
 def spec_from_query(params: dict[str, str]) -> Any:
@@ -550,6 +570,7 @@ def spec_from_query(params: dict[str, str]) -> Any:
     for key, raw in params.items():
         if key == "family" or key not in names:
             continue  # other pages' parameters share the URL
+        check_text(str(raw), f"the link's {key}", _MAX_QUERY_CHARS)
         try:
             data[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -571,7 +592,8 @@ def coerce_field(cls: type[SpecBase], name: str, value: Any) -> Any:
     hints = typing.get_type_hints(cls)
     meta = {f.name: dict(f.metadata) for f in fields(cls)}  # type: ignore[arg-type]
     if name not in meta:
-        raise ConfigError(f"{cls.title} has no field {name!r}.")
+        raise ConfigError(f"{cls.title} has no field {shown(name)}.")
+    _check_length(name, value, meta[name])
     coerced = _coerce(value, hints[name], name)
     _check_range(name, coerced, meta[name])
     return coerced

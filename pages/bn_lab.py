@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pandas as pd
 import streamlit as st
 import torch
 
 from explorer import bn, bn_charts, bn_lab
+from explorer.bounded import parse_id
 from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
+from explorer.forms import md_escape
 from explorer.jobs import DataRef
 from explorer.models import validate
 from explorer.registry import get_preset
@@ -23,9 +27,12 @@ from pages.common import (
     job_fragment_interval,
     restore_widgets,
     save_widgets,
+    use_app_navigation,
     visitor,
     write_query,
 )
+
+use_app_navigation()  # before anything is drawn (see pages.common)
 
 state = st.session_state
 VIEWS = {"stats": "Statistics during training", "experiment": "LeNet ± BN", "scratch":
@@ -93,18 +100,18 @@ def first_load() -> None:
             state[key] = value
     params = st.query_params.to_dict()
     state["bn_view"] = params.get("bn_view") if params.get("bn_view") in VIEWS else "stats"
-    if str(params.get("bn_run", "")).isdigit():
-        state["bn_run"] = int(params["bn_run"])
+    with contextlib.suppress(KeyError, ConfigError):  # ASCII digits in SQLite's range, or none
+        state["bn_run"] = parse_id(params["bn_run"], "bn_run")
     if params.get("bn_layer"):
         state["bn_layer"] = params["bn_layer"]
     parts = str(params.get("bn_exp", "")).split(",")
-    if len(parts) == 2 and all(p.isdigit() for p in parts):
+    if len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts):
         try:
-            state["bn_exp"] = bn_lab.linked_experiment(get_manager().store, int(parts[0]),
-                                                       int(parts[1]))
+            state["bn_exp"] = bn_lab.linked_experiment(
+                get_manager().store, parse_id(parts[0], "bn_exp"), parse_id(parts[1], "bn_exp"))
         except ConfigError as exc:
             state.pop("bn_exp", None)
-            state["bn_exp_error"] = str(exc)[0].upper() + str(exc)[1:]
+            state["bn_exp_error"] = md_escape(str(exc)[0].upper() + str(exc)[1:])
 
 
 def url_is_new() -> bool:
@@ -245,7 +252,7 @@ def status_line(run_id: int) -> bool:
         st.success(f"Run {run_id} is training on {snap.device}: step {snap.step:,}{total}. "
                    f"The figures follow it live.")
     elif snap.status == "failed":
-        st.error(f"Run {run_id} failed: {snap.error}")
+        st.error(f"Run {run_id} failed: {md_escape(snap.error or '')}")
     else:
         st.info(f"Run {run_id} {snap.status}.")
     return not snap.done
@@ -412,7 +419,7 @@ def experiment_panel(exp: bn_lab.Experiment) -> None:
         return
     for name, snap in (("with BN", bn_snap), ("without BN", plain_snap)):
         if snap.status == "failed":
-            st.error(f"LeNet {name} (run {snap.job_id}) failed: {snap.error}")
+            st.error(f"LeNet {name} (run {snap.job_id}) failed: {md_escape(snap.error or '')}")
     cols = st.columns(4)
     for col, (name, snap) in zip(cols[:2], (("with BN", bn_snap), ("without BN", plain_snap)),
                                  strict=True):

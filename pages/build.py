@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ast
+import threading
 
 import streamlit as st
 import torch
 
 from explorer import charts
+from explorer.bounded import literal
 from explorer.errors import ConfigError
 from explorer.export import table_csv, to_onnx_bytes, to_pytorch_source
 from explorer.forms import (
@@ -42,13 +43,17 @@ from pages.common import (
     restore_widgets,
     save_widgets,
     shape_text,
+    use_app_navigation,
 )
+
+use_app_navigation()  # before anything is drawn (see pages.common)
 
 state = st.session_state
 VIEWS = ["Layers", "Charts", "Diagram", "Share & export", "About"]
 # How the model is shown (not part of the spec): kept across pages and views, not in the URL.
 VIEW_KEYS = ("build_view", "build_levels", "build_group")
 VIEW_SAVED = "build_view_saved"
+MAX_PASTE_CHARS = 4_000  # VGG-19's arch tuple is 50 characters, GoogLeNet's stages 400
 
 
 def load(spec, preset: str | None = None) -> None:
@@ -151,16 +156,19 @@ def on_paste(name: str) -> None:
     cls = SPEC_TYPES[state["build_family"]]
     example = code_span("((1, 64), (2, 128))")
     try:
-        value = ast.literal_eval(text)
+        # Length, depth and digits are checked on the text, and the number of rows before any
+        # row is converted: a pasted million rows is refused at once.
+        value = literal(text, "the pasted tuple", MAX_PASTE_CHARS)
         state[f"t_{name}"] = coerce_field(cls, name, value)
-    # ConfigError subclasses ValueError: catch it first, its sentence names the bad value.
     except ConfigError as exc:
-        state["build_paste_error"] = f"The pasted tuple does not fit: {md_escape(str(exc))}"
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        shown = text if len(text) <= 80 else text[:79] + "…"
-        state["build_paste_error"] = (
-            f"Could not read {code_span(shown)} as a tuple; write it like {example}."
-            if text.strip() else f"The box is empty; write a tuple like {example}.")
+        if not text.strip():
+            state["build_paste_error"] = f"The box is empty; write a tuple like {example}."
+        elif "not a tuple" in str(exc):
+            shown = text if len(text) <= 80 else text[:79] + "…"
+            state["build_paste_error"] = (f"Could not read {code_span(shown)} as a tuple; write "
+                                          f"it like {example}.")
+        else:
+            state["build_paste_error"] = f"The pasted tuple does not fit: {md_escape(str(exc))}"
     else:
         state["build_version"] += 1
         return
@@ -300,13 +308,17 @@ def share_and_export(spec, spec_json: str, name: str) -> None:
                             f"{name}.py", "text/x-python",
                             help="A standalone file that needs only torch")
     cols[1].download_button("Spec (.json)", spec.to_json(), f"{name}.json", "application/json")
-    if cols[2].button("Prepare ONNX (for Netron)"):
-        with st.spinner("Exporting to ONNX…"):
-            state["build_onnx"] = (spec_json, to_onnx_bytes(build(spec), spec.input_shape))
-    onnx = state.get("build_onnx")
-    if onnx and onnx[0] == spec_json:
-        cols[2].download_button("Download ONNX", onnx[1], f"{name}.onnx",
-                                "application/octet-stream")
+    # Exported when clicked, not kept: a vgg19 file is 550 MB, and held in each session that
+    # asked for one it was never given back. One export per visitor at a time.
+    lock = state.setdefault("_onnx_lock", threading.Lock())
+
+    def onnx_bytes() -> bytes:
+        with lock:
+            return to_onnx_bytes(build(spec), spec.input_shape)
+
+    cols[2].download_button("ONNX (for Netron)", onnx_bytes, f"{name}.onnx",
+                            "application/octet-stream",
+                            help="Exported when you click; a large model takes a few seconds")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,31 +6,85 @@ Streamlit code lives here and in the page scripts only; everything else is in ``
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from explorer.analysis import Analysis, analyze
-from explorer.data import load_dataset
+from explorer.cost import check_spec
+from explorer.data import load_dataset_for_visitor
+from explorer.errors import ConfigError
+from explorer.forms import md_escape
 from explorer.registry import DEFAULT_PRESET, get_preset
 from explorer.specs import SPEC_TYPES, spec_from_json
 
-# Streamlit treats an app beside a pages/ folder as a "v1" multipage app until app.py first
-# calls st.navigation; a fresh server whose first visitor opens /build directly would run this
-# page without app.py's navigation, sidebar and styles. Switch to st.navigation and rerun
-# through app.py instead.
-if PagesManager.uses_pages_directory:
-    PagesManager.uses_pages_directory = False
-    st.rerun()
-
 SPEC_KEY = "current_spec_json"  # the spec on the Build page, shared with the other pages
+_log = logging.getLogger("explorer.pages")
+
+
+def use_app_navigation() -> None:
+    """Run this page through app.py's st.navigation (call it first thing in every page).
+
+    Streamlit treats an app beside a pages/ folder as a "v1" multipage app until app.py first
+    calls st.navigation; a fresh server whose first visitor opens /build directly runs the page
+    without app.py's navigation, sidebar and styles. Switch to st.navigation and rerun through
+    app.py instead. This is a function, not code run on import: a rerun raised while this module
+    is being imported fails that import, and pages importing it at the same moment in other
+    sessions then found it half made ("cannot import name 'drawn' from 'pages.common'").
+    """
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def run_page(page) -> None:
+    """``page.run()`` with a last guard: an exception no page expected becomes one sentence
+    on the page and a traceback in the server's log, never a traceback or a path in the browser.
+
+    Streamlit's own reruns and stops are BaseExceptions and pass through.
+    """
+    try:
+        page.run()
+    except ConfigError as exc:  # a sentence meant for the student, not caught by the page
+        st.error(md_escape(str(exc)))
+    except Exception:
+        _log.exception("page %r failed", getattr(page, "url_path", "") or "build")
+        st.error("Something went wrong on this page and was written to the server's log. "
+                 "Undo your last change or reload the page; if it happens again, tell the "
+                 "teacher.")
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _checked_spec(spec_json: str) -> None:
+    """A spec's size and cost limits, checked on the meta device (cached: a refusal raises and
+    is not cached, an accepted spec is checked once)."""
+    check_spec(spec_from_json(spec_json))
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def analysis_for(spec_json: str) -> Analysis:
-    """Analyse a spec, cached by its JSON (so every page and user shares the result)."""
+def _analysis(spec_json: str) -> Analysis:
     return analyze(spec_from_json(spec_json))
+
+
+def analysis_for(spec_json: str) -> Analysis:
+    """Analyse a spec, cached by its JSON (so every page and user shares the result).
+
+    The cost limits are checked first (``explorer.cost``); a visitor runs one analysis at a
+    time, and a second one asked for meanwhile (a fragment, another widget) is refused with a
+    sentence rather than queued behind the first.
+    """
+    _checked_spec(spec_json)
+    lock = st.session_state.setdefault("_analysis_lock", threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise ConfigError("your previous model is still being analysed; wait a moment and "
+                          "change a setting again.")
+    try:
+        return _analysis(spec_json)
+    finally:
+        lock.release()
 
 
 # The URL parameters that carry a spec (``SpecBase.to_query``): the family and every field.
@@ -41,8 +95,9 @@ SPEC_QUERY_KEYS = frozenset({"family"} | {f.name for cls in SPEC_TYPES.values()
 @st.cache_resource(max_entries=4, show_spinner="Loading the dataset…")
 def dataset(name: str, data_dir: str, download: bool):
     """One cache for every page: a dataset is loaded once and shared by every user of the
-    server (read-only uint8 tensors); a blank directory means the default one."""
-    return load_dataset(name, data_dir, download)
+    server (read-only uint8 tensors); a blank directory means the default one, and a visitor
+    names only folders inside it (``explorer.data.confined_data_dir``)."""
+    return load_dataset_for_visitor(name, data_dir, download)
 
 
 def current_spec():
@@ -51,7 +106,6 @@ def current_spec():
     if text:
         return spec_from_json(text)
     if "family" in st.query_params:  # a link that carries a Build page spec
-        from explorer.errors import ConfigError
         from explorer.specs import spec_from_query
 
         try:
@@ -160,8 +214,6 @@ def teacher_box() -> None:
 
 def job_fragment_interval(job_id: int) -> float | None:
     """Seconds between live redraws of a job's panel: 1 while it may change, else None (off)."""
-    from explorer.errors import ConfigError
-
     try:
         return None if get_manager().get(job_id).done else 1.0
     except ConfigError:

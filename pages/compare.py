@@ -7,7 +7,9 @@ import streamlit as st
 
 from explorer import charts
 from explorer import compare as cmp
+from explorer.bounded import shown
 from explorer.errors import ConfigError
+from explorer.forms import md_escape
 from explorer.io import read_spec, read_specs, safe_name, spec_from_link, specs_to_json
 from explorer.registry import COURSE_PAIRS, PRESETS
 from explorer.specs import spec_from_json
@@ -19,8 +21,11 @@ from pages.common import (
     get_manager,
     restore_widgets,
     save_widgets,
+    use_app_navigation,
     write_query,
 )
+
+use_app_navigation()  # before anything is drawn (see pages.common)
 
 state = st.session_state
 
@@ -121,6 +126,10 @@ def read_url() -> None:
     problems: list[str] = []
     chosen: list[str] = []
     tokens = [t.strip() for t in params.get("cmp_models", "").split(",") if t.strip()]
+    if len(tokens) > 2 * MAX_MODELS:  # each model in a link is checked: read a few only
+        problems.append(f"the link names {len(tokens):,} models; the first {MAX_MODELS} are "
+                        f"read")
+        tokens = tokens[:MAX_MODELS]
     for token in tokens or DEFAULT_MODELS:
         if token in PRESETS:
             chosen.append(token)
@@ -128,12 +137,13 @@ def read_url() -> None:
             try:
                 spec = read_spec(params[SPEC_PARAM + token], token)
             except ConfigError as exc:
-                problems.append(f"{token}: {exc}")
+                problems.append(f"{shown(token, 40)[1:-1]}: {exc}")
                 continue
             custom()[safe_name(token)] = spec.to_json(None)
             chosen.append(safe_name(token))
         else:
-            problems.append(f"{token!r} is neither a preset nor a model stored in the link")
+            problems.append(f"{shown(token, 40)} is neither a preset nor a model stored in the "
+                            f"link")
     if len(chosen) > MAX_MODELS:
         problems.append(f"only the first {MAX_MODELS} of {len(chosen)} models are shown")
     state["cmp_models"] = list(dict.fromkeys(chosen))[:MAX_MODELS]
@@ -141,7 +151,7 @@ def read_url() -> None:
         state["cmp_pair"] = params["cmp_pair"]
     view = params.get("cmp_view", "totals")
     if view not in VIEWS:
-        problems.append(f"cmp_view={view!r} is not one of {', '.join(VIEWS)}")
+        problems.append(f"cmp_view={shown(view, 40)} is not one of {', '.join(VIEWS)}")
         view = "totals"
     state["cmp_view"] = view
     for k in FLAGS:
@@ -228,7 +238,7 @@ def controls() -> None:
                                "compared-specs.json", "application/json",
                                icon=":material/download:", width="stretch")
         except ConfigError as exc:
-            st.error(str(exc))
+            st.error(md_escape(str(exc)))
 
 
 def headline(analyses: dict) -> None:
@@ -303,7 +313,7 @@ def layers_head(chosen: list[str]) -> pd.DataFrame | None:
     try:
         frame = aligned(spec_of(left).to_json(None), spec_of(right).to_json(None), left, right)
     except (ConfigError, KeyError) as exc:
-        st.error(f"These two models cannot be lined up: {exc}")
+        st.error(f"These two models cannot be lined up: {md_escape(str(exc))}")
         return None
     counts = frame["status"].value_counts()
     st.markdown(f"**{len(frame)} layers** (conv, linear, batch norm, pooling): "
@@ -377,7 +387,7 @@ with left_col:
     controls()
     for key, show in (("cmp_problem", st.error), ("cmp_note", st.info)):
         if key in state:
-            show(state.pop(key))
+            show(md_escape(state.pop(key)))  # names, files and links the visitor typed
 
 chosen = list(state.get("cmp_models", []))
 analyses = {}
@@ -389,7 +399,7 @@ with right_col:
         try:
             analyses[name] = analysis_for(spec_of(name).to_json(None))
         except ConfigError as exc:
-            st.error(f"{name} cannot be analysed: {exc}")
+            st.error(md_escape(f"{name} cannot be analysed: {exc}"))
     with top:
         headline(analyses)
     if len(chosen) < 2:

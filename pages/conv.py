@@ -6,6 +6,7 @@ import html
 
 import streamlit as st
 
+from explorer.bounded import shown
 from explorer.compare import groups_figure, sliding_window_figure
 from explorer.convmath import (
     conv_layer,
@@ -15,7 +16,17 @@ from explorer.convmath import (
     stacking_rows,
 )
 from explorer.errors import ConfigError
-from pages.common import drawn, fmt_count, restore_widgets, save_widgets, shape_text
+from explorer.forms import md_escape
+from pages.common import (
+    drawn,
+    fmt_count,
+    restore_widgets,
+    save_widgets,
+    shape_text,
+    use_app_navigation,
+)
+
+use_app_navigation()  # before anything is drawn (see pages.common)
 
 state = st.session_state
 
@@ -58,18 +69,20 @@ def read_url() -> list[str]:
                     if not lo <= value <= hi:
                         raise ValueError
                 except ValueError:
-                    problems.append(f"{key}={raw!r} (a whole number from {lo} to {hi})")
+                    problems.append(f"{key}={md_escape(shown(raw, 40))} (a whole number from "
+                                    f"{lo} to {hi})")
                     value = default
             elif key in CHOICES:
                 if raw in CHOICES[key]:
                     value = raw
                 else:
-                    problems.append(f"{key}={raw!r} (one of {', '.join(CHOICES[key])})")
+                    problems.append(f"{key}={md_escape(shown(raw, 40))} (one of "
+                                    f"{', '.join(CHOICES[key])})")
             else:
                 if raw in ("0", "1", "true", "false"):
                     value = raw in ("1", "true")
                 else:
-                    problems.append(f"{key}={raw!r} (0 or 1)")
+                    problems.append(f"{key}={md_escape(shown(raw, 40))} (0 or 1)")
         state[key] = value
     return problems
 
@@ -176,7 +189,7 @@ with top:
 
 with right:
     if error:
-        st.error(f"This layer cannot be built: {error}")
+        st.error(f"This layer cannot be built: {md_escape(error)}")
     else:
         st.markdown("#### The working (lecture convention, torchinfo's beside it)")
         working(result.explain())

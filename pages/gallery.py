@@ -8,7 +8,9 @@ import streamlit as st
 
 from explorer.models import estimate
 from explorer.registry import COURSE_PAIRS, PRESETS, preset_names
-from pages.common import fmt_count, shape_text
+from pages.common import fmt_count, shape_text, use_app_navigation
+
+use_app_navigation()  # before anything is drawn (see pages.common)
 
 state = st.session_state
 HERE = Path(__file__).resolve().parent

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import streamlit as st
 
-import pages.common  # noqa: F401  (routes a direct visit through app.py)
+from pages.common import use_app_navigation
+
+use_app_navigation()
 
 st.markdown(Path(__file__).resolve().parent.parent.joinpath("README.md").read_text("utf-8"))

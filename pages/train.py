@@ -8,8 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from explorer import charts
+from explorer.bounded import parse_id
 from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
+from explorer.forms import md_escape
 from explorer.io import read_runs, runs_to_json
 from explorer.jobs import DataRef
 from explorer.models import validate
@@ -27,9 +29,12 @@ from pages.common import (
     restore_widgets,
     save_widgets,
     teacher_box,
+    use_app_navigation,
     visitor,
     write_query,
 )
+
+use_app_navigation()  # before anything is drawn (see pages.common)
 
 state = st.session_state
 SOURCES = ["Build page", "Preset"]
@@ -82,17 +87,20 @@ def first_load() -> None:
         raw = params.get(key)
         value = default if raw is None else url_value(key, raw, default)
         if value is None:
-            refused.append(f"{key}={raw[:40]} ({allowed(key)})")
+            refused.append(f"{key}={md_escape(raw[:40])} ({allowed(key)})")
             value = default
         state[key] = value
-    if refused:
-        state["tr_url_warning"] = (f"The link's settings {'; '.join(refused)} cannot be used; "
-                                   f"the defaults are shown instead.")
     by_url = {v: k for k, v in URL_SOURCES.items()}.get(params.get("tr_source", ""))
     state["tr_source"] = by_url or ("Build page" if "current_spec_json" in state else "Preset")
     state["tr_dir"] = str(default_data_dir())
-    if str(params.get("run", "")).isdigit():
-        state["tr_job"] = int(params["run"])
+    if params.get("run"):
+        try:
+            state["tr_job"] = parse_id(params["run"], "run")
+        except ConfigError:
+            refused.append(f"run={md_escape(params['run'][:40])} (a run number such as 12)")
+    if refused:
+        state["tr_url_warning"] = (f"The link's settings {'; '.join(refused)} cannot be used; "
+                                   f"the defaults are shown instead.")
     state["tr_loaded"] = True
 
 
@@ -216,7 +224,8 @@ def live_panel(job_id: int) -> None:
                     text=f"step {snap.step:,} of {snap.total_steps:,}{eta_text}")
     cols = st.columns(4)
     cols[0].metric("Loss", f"{last['loss']:.3f}" if "loss" in last else "–")
-    cols[1].metric("Train acc", f"{epochs[-1]['train_acc']:.1%}" if epochs else "–")
+    train_acc = epochs[-1].get("train_acc") if epochs else None  # an imported run may lack it
+    cols[1].metric("Train acc", f"{train_acc:.1%}" if train_acc is not None else "–")
     test = epochs[-1].get("test_acc") if epochs else None
     cols[2].metric("Test acc", f"{test:.1%}" if test is not None else "–")
     cols[3].metric("Images/s", fmt_count(last["images_per_s"]) if "images_per_s" in last
@@ -242,7 +251,7 @@ def on_import() -> None:
         ids = get_manager().store.import_runs(read_runs(upload.getvalue(), upload.name),
                                               session=visitor())
     except ConfigError as exc:
-        state["tr_import_msg"] = ("error", str(exc))
+        state["tr_import_msg"] = ("error", md_escape(str(exc)))
         return
     state["tr_import_msg"] = ("success", f"Imported {len(ids)} run(s) as "
                                          f"{', '.join(f'#{i}' for i in ids)}.")

@@ -1,6 +1,7 @@
 """AppTest of the Compare page: side-by-side totals, the URL, spec files and links."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,11 @@ LENET = 44_426
 LENET5 = 1_256_080
 # LeNet with 32 channels in conv2: 156 + (32·6·25 + 32) + (512·120 + 120) + 10,164 + 850.
 LENET_32 = 156 + 4_832 + 61_560 + 10_164 + 850  # 77,562
+
+
+def rendered(markdown: str) -> str:
+    """The text a message shows: the page escapes what a visitor typed (CommonMark 2.4)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def fresh(query: dict | None = None) -> AppTest:
@@ -103,7 +109,7 @@ def test_a_broken_link_is_a_sentence_and_the_rest_still_shows():
     at = fresh({"cmp_models": "course_lenet,nosuch,bad",
                 "cmp_spec_bad": '{"family": "vgg", "arch": [[1, 0]]}'})
     assert not at.exception
-    message = " ".join(e.value for e in at.error)
+    message = " ".join(rendered(e.value) for e in at.error)
     assert "'nosuch' is neither a preset" in message and "bad:" in message
     assert params_shown(at) == {"course_lenet": LENET}
 
@@ -127,7 +133,7 @@ def test_a_bad_file_is_a_sentence_and_changes_nothing(content, fragment):
     at = fresh(small())
     at.file_uploader[0].upload("bad.json", content, "application/json").run()
     assert not at.exception
-    assert len(at.error) == 1 and fragment in at.error[0].value
+    assert len(at.error) == 1 and fragment in rendered(at.error[0].value)
     assert at.multiselect(key="cmp_models").value == ["course_lenet", "course_lenet5"]
     assert qp(at, "cmp_models") == "course_lenet,course_lenet5"
 
@@ -189,7 +195,7 @@ def test_link_warnings_end_with_one_full_stop(spec, ending):
     at = fresh({"cmp_models": "mine,nosuch,course_lenet", "cmp_spec_mine": spec})
     assert not at.exception
     assert len(at.error) == 1
-    message = at.error[0].value
+    message = rendered(at.error[0].value)
     assert message.startswith("The link could not be used entirely: mine: mine.json")
     # Each reason's own full stop gives way to the "; " that joins them, and one ends it.
     assert ending + "'nosuch' is neither a preset nor a model stored in the link." in message
@@ -201,8 +207,8 @@ def test_link_warnings_end_with_one_full_stop(spec, ending):
     # The reviewer's link, one reason alone: it keeps exactly one full stop.
     at = fresh({"cmp_models": "mine,course_lenet", "cmp_spec_mine": spec})
     assert not at.exception and len(at.error) == 1
-    assert at.error[0].value.endswith(ending.removesuffix("; ") + ".")
-    assert ".." not in at.error[0].value
+    assert rendered(at.error[0].value).endswith(ending.removesuffix("; ") + ".")
+    assert ".." not in rendered(at.error[0].value)
 
 
 def test_four_models_get_the_whole_width():

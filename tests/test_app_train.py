@@ -58,11 +58,16 @@ def test_missing_dataset_is_a_sentence_naming_the_directory(tmp_path):
     at = train_page()
     at.radio(key="tr_source").set_value("Preset").run()
     at.selectbox(key="tr_data").select("fashion-mnist").run()
-    at.text_input(key="tr_dir").set_value(str(tmp_path)).run()
+    # A visitor names a folder inside the server's data directory, which appears by the name of
+    # its setting: no server path is shown.
+    at.text_input(key="tr_dir").set_value("course").run()
     next(b for b in at.button if b.label == "Start training").click().run()
     assert not at.exception
-    assert at.error and str(tmp_path) in at.error[0].value
-    assert "train-images-idx3-ubyte" in at.error[0].value
+    assert at.error and "EXPLORER_DATA_DIR/course" in at.error[0].value
+    assert "train-images-idx3-ubyte" in at.error[0].value and "/tmp" not in at.error[0].value
+    at.text_input(key="tr_dir").set_value(str(tmp_path)).run()  # any other path is refused
+    next(b for b in at.button if b.label == "Start training").click().run()
+    assert not at.exception and "other paths on the server" in at.error[0].value
 
 
 def test_bad_setting_is_a_sentence():

@@ -71,7 +71,8 @@ def test_a_code_span_shows_the_text_as_typed(text):
 def test_escaped_text_reads_back_and_leaves_no_markup(text):
     escaped = md_escape(text)
     # CommonMark shows a backslash-escaped ASCII punctuation character as itself (spec 2.4).
-    assert re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", escaped) == text
+    # The invisible word joiners that break autolinks (see md_escape) are not part of the text.
+    assert re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", escaped).replace("\u2060", "") == text
     # Every character that starts inline markup is escaped.
     unescaped = re.sub(r"\\.", "", escaped)
     assert not set(unescaped) & set("\\`*_[]<>$~|&#"), unescaped
