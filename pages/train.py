@@ -321,10 +321,11 @@ def history() -> None:
         deletable = [i for i in chosen
                      if get_manager().may_manage(next(r for r in runs if r["id"] == i), me,
                                                  teacher)]
-        if deletable and c3.button(f"Delete {len(deletable)} of your run(s)…"
-                                   if not teacher else f"Delete {len(deletable)} run(s)…"):
-            state["tr_confirm_delete"] = deletable
-        elif not deletable:
+        if deletable:
+            c3.button(f"Delete {len(deletable)} of your run(s)…" if not teacher
+                      else f"Delete {len(deletable)} run(s)…",
+                      on_click=state.__setitem__, args=("tr_confirm_delete", deletable))
+        else:
             c3.caption("Only the visitor who started a run (or the teacher) can delete it.")
         confirm = state.get("tr_confirm_delete")
         if confirm:
