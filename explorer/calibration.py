@@ -1,0 +1,252 @@
+"""This device's speed, measured once and refined from finished runs (a JSON file per server).
+
+``calibrate`` trains four small probe networks for a few steps through the engine itself (about a
+second on a CPU): a two-layer net at batch 1 (the fixed cost of a step), a deep thin one (the cost
+per layer), a VGG block (multiply-adds) and a wide batch-norm layer (element-wise work). The file
+beside the run store keeps, per device, precision and CPU thread count, the probes with a time
+stamp and the torch version (another version recalibrates), and the last finished runs;
+``explorer.estimate.Throughput`` fits the time model to all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from explorer.estimate import Record, Throughput, Work, cpu_share, run_work
+from explorer.footprint import DataSizes
+from explorer.specs import LeNetSpec, SpecBase, VGGBlock, VGGSpec
+
+CALIBRATION_FILE = "throughput.json"  # beside the run store
+CALIBRATION_VERSION = 1
+KEEP_RECORDS = 64  # finished runs kept per device; the oldest go first
+PROBE_STEPS = 16  # timed steps per calibration probe, after a warm-up step
+
+
+_lock = threading.Lock()
+
+
+def calibration_path(store_path: str | Path | None = None) -> Path:
+    """The calibration file beside the run store ($EXPLORER_RUNS_DB, else ./runs.sqlite)."""
+    store = Path(store_path) if store_path else Path(
+        os.environ.get("EXPLORER_RUNS_DB") or "runs.sqlite")  # as explorer.runs, without pandas
+    return store.with_name(CALIBRATION_FILE)
+
+
+def device_key(device: str | torch.device, precision: str) -> str:
+    """Which measurements apply: device model, precision, and on a CPU its torch threads."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(dev)}:{precision}"
+    if dev.type == "cpu":
+        return f"cpu:{_cpu_name()}:{torch.get_num_threads()} threads:{precision}"
+    return f"{dev.type}:{precision}"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def probe_specs() -> list[SpecBase]:
+    """The calibration networks: per-step cost, per-layer cost, arithmetic, element-wise work."""
+    return [
+        LeNetSpec(input_shape=(1, 8, 8), conv_channels=(2,), kernel_size=3, hidden=()),
+        LeNetSpec(input_shape=(1, 8, 8), conv_channels=(2,) * 3, kernel_size=1, hidden=(4,) * 6,
+                  batch_norm=True),
+        VGGSpec(input_shape=(1, 16, 16), arch=(VGGBlock(2, 32),), hidden=(), dropout=0.0),
+        LeNetSpec(input_shape=(1, 32, 32), conv_channels=(16,), kernel_size=1, hidden=(),
+                  batch_norm=True),
+    ]
+
+
+PROBE_BATCHES = (1, 2, 16, 32)  # batch norm needs two values per channel
+
+
+def _probe_seconds(spec: SpecBase, batch: int, device: torch.device, precision: str) -> float:
+    """Median seconds of a training step of ``spec`` through the engine itself."""
+    from explorer.data import ImageDataset
+    from explorer.models import build
+    from explorer.training import TrainConfig, train
+
+    n = batch * (PROBE_STEPS + 2)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, *spec.input_shape), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, spec.num_classes, (n,), generator=gen)
+    empty = images[:0]
+    data = ImageDataset("probe", images, labels, empty, labels[:0],
+                        tuple(str(i) for i in range(spec.num_classes)))
+    stamps: list[float] = []
+
+    class Clock:
+        def on_step_end(self, _ctx: object, _metrics: object) -> None:
+            stamps.append(time.perf_counter())
+
+    # metrics_every=1 reads the loss back every step: on a GPU that waits for the step to end.
+    config = TrainConfig(batch_size=batch, epochs=1, lr=0.01, metrics_every=1,
+                         precision=precision, device=str(device))
+    train(build(spec), spec.input_shape, spec.num_classes, data, config, [Clock()])
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]  # the first step (warm-up) is not in
+    return statistics.median(gaps)
+
+
+def _share(device: torch.device, seconds: float = 0.0) -> float:
+    """The load's slow-down of a run of ``seconds`` that just ended (only CPUs share so)."""
+    if device.type != "cpu":
+        return 1.0
+    return cpu_share(included=1.0 - math.exp(-seconds / 60.0))
+
+
+def calibrate(device: str | torch.device = "cpu", precision: str = "fp32") -> list[Record]:
+    """Time the probe networks on ``device`` (about a second on a CPU); one record each.
+
+    Seconds are stored as on an idle machine: divided by the load's slow-down (``cpu_share``).
+    Runs the training engine, which reseeds torch's global generator: call it in a worker.
+    """
+    dev = torch.device(device)
+    records = []
+    for spec, batch in zip(probe_specs(), PROBE_BATCHES, strict=True):
+        work = run_work(spec, _Config(batch), DataSizes(batch * (PROBE_STEPS + 2), 0,
+                                                        spec.input_shape, spec.num_classes))
+        seconds = _probe_seconds(spec, batch, dev, precision)
+        records.append(Record(work.step_features(), seconds / _share(dev), "probe"))
+    return records
+
+
+@dataclass(frozen=True)
+class _Config:
+    """The fields of a TrainConfig that ``run_work`` reads (probes need no more)."""
+
+    batch_size: int
+    epochs: int = 1
+    max_steps: int | None = None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CALIBRATION_VERSION:
+        return {}
+    return data
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+
+
+@contextlib.contextmanager
+def _locked(path: Path):  # type: ignore[no-untyped-def]
+    """Several workers update the file: read-modify-write under an advisory file lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _lock, open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: the thread lock alone
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _entry_records(entry: dict[str, Any], kind: str) -> list[Record]:
+    out = []
+    for r in entry.get(kind, []):
+        with contextlib.suppress(TypeError, ValueError, KeyError):
+            features, seconds = tuple(float(x) for x in r["features"]), float(r["seconds"])
+            if len(features) == 4 and seconds > 0 and all(map(math.isfinite, features)):
+                out.append(Record(features, seconds, "probe" if kind == "probes" else "run"))
+    return out
+
+
+def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
+                    path: str | Path | None = None, calibrate_if_missing: bool = True
+                    ) -> Throughput | None:
+    """This device's throughput from the calibration file, calibrating once when it has none."""
+    file = Path(path) if path else calibration_path()
+    key = device_key(device, precision)
+    entry = _read(file).get("devices", {}).get(key, {})
+    probes = _entry_records(entry, "probes")
+    if len(probes) < len(PROBE_BATCHES) or entry.get("torch") != torch.__version__:
+        if not calibrate_if_missing:
+            return None
+        probes = calibrate(device, precision)
+        with _locked(file):
+            data = _read(file) or {"version": CALIBRATION_VERSION, "devices": {}}
+            entry = data["devices"].setdefault(key, {})
+            entry.update({"torch": torch.__version__, "calibrated_at": _now(),
+                          "probes": [_record_json(r) for r in probes]})
+            entry.setdefault("runs", [])
+            _write(file, data)
+    share = cpu_share() if torch.device(device).type == "cpu" else 1.0
+    return Throughput(key, probes + _entry_records(entry, "runs"), entry.get("calibrated_at", ""),
+                      share)
+
+
+def record(device: str | torch.device, precision: str, work: Work, step_seconds: float,
+           eval_seconds: float | None = None, path: str | Path | None = None,
+           run_seconds: float = 0.0) -> None:
+    """Keep a finished run's measured seconds per step (and per test pass) to refine the fit.
+
+    Call it as the run ends, with its length ``run_seconds``: the seconds are stored as on an
+    idle machine, divided by the slow-down the load average shows (``cpu_share``).
+    """
+    file = Path(path) if path else calibration_path()
+    share = _share(torch.device(device), run_seconds)
+    new = [Record(work.step_features(), float(step_seconds) / share)]
+    if eval_seconds is not None and work.test_images:
+        new.append(Record(work.eval_features(), float(eval_seconds) / share))
+    new = [r for r in new if r.seconds > 0 and math.isfinite(r.seconds)]
+    if not new:
+        return
+    with _locked(file):
+        data = _read(file) or {"version": CALIBRATION_VERSION, "devices": {}}
+        entry = data["devices"].setdefault(device_key(device, precision), {})
+        runs = entry.setdefault("runs", [])
+        runs.extend(_record_json(r) for r in new)
+        del runs[:-KEEP_RECORDS]
+        _write(file, data)
+
+
+def record_result(work: Work, result: Any, path: str | Path | None = None) -> None:
+    """``record`` from a ``TrainResult``: seconds per step and per test pass of its epochs."""
+    epochs = [m for m in result.epoch_metrics if m.get("images_per_s")]
+    if not epochs:
+        return
+    step = statistics.median(work.batch_size / m["images_per_s"] for m in epochs)
+    evals = [m["eval_time_s"] for m in epochs if m.get("test_acc") is not None]
+    record(result.device, result.precision, work, step,
+           statistics.median(evals) if evals else None, path,
+           float(getattr(result, "elapsed_s", 0.0) or 0.0))
+
+
+def _record_json(r: Record) -> dict[str, Any]:
+    return {"features": list(r.features), "seconds": r.seconds, "at": _now()}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
