@@ -2,7 +2,10 @@
 
 ``calibrate`` trains four small probe networks for a few steps through the engine itself (about a
 second on a CPU): a two-layer net at batch 1 (the fixed cost of a step), a deep thin one (the cost
-per layer), a VGG block (multiply-adds) and a wide batch-norm layer (element-wise work). The file
+per layer), a VGG block (multiply-adds) and a wide batch-norm layer (element-wise work). On a CPU
+it times them by CPU time (``idle_clock``), so that a busy machine does not enter the calibration:
+every record holds seconds as on an idle machine, and the estimate multiplies by the slow-down
+the load shows at the time (``explorer.estimate.cpu_share``). The file
 beside the run store keeps, per device, precision and CPU thread count, the probes with a time
 stamp and the torch version (another version recalibrates), and the last finished runs;
 ``explorer.estimate.Throughput`` fits the time model to all of them.
@@ -81,8 +84,23 @@ def probe_specs() -> list[SpecBase]:
 PROBE_BATCHES = (1, 2, 16, 32)  # batch norm needs two values per channel
 
 
+def idle_clock() -> float:
+    """A clock that runs as wall time would on an idle CPU: this process's CPU time per thread.
+
+    With one torch thread, the calling thread's own CPU time (other threads of a server do not
+    count); with T threads, the process's CPU time over T (OpenMP's waiting threads spin, so an
+    idle machine's wall time is about that).
+    """
+    threads = torch.get_num_threads()
+    return time.thread_time() if threads == 1 else time.process_time() / threads
+
+
 def _probe_seconds(spec: SpecBase, batch: int, device: torch.device, precision: str) -> float:
-    """Median seconds of a training step of ``spec`` through the engine itself."""
+    """Median seconds of a training step of ``spec`` through the engine itself.
+
+    On a CPU the steps are timed by ``idle_clock``, so that other work on the machine does not
+    enter the calibration; on a GPU by the wall clock.
+    """
     from explorer.data import ImageDataset
     from explorer.models import build
     from explorer.training import TrainConfig, train
@@ -95,10 +113,11 @@ def _probe_seconds(spec: SpecBase, batch: int, device: torch.device, precision: 
     data = ImageDataset("probe", images, labels, empty, labels[:0],
                         tuple(str(i) for i in range(spec.num_classes)))
     stamps: list[float] = []
+    clock = idle_clock if device.type == "cpu" else time.perf_counter
 
     class Clock:
         def on_step_end(self, _ctx: object, _metrics: object) -> None:
-            stamps.append(time.perf_counter())
+            stamps.append(clock())
 
     # metrics_every=1 reads the loss back every step: on a GPU that waits for the step to end.
     config = TrainConfig(batch_size=batch, epochs=1, lr=0.01, metrics_every=1,
@@ -108,17 +127,9 @@ def _probe_seconds(spec: SpecBase, batch: int, device: torch.device, precision: 
     return statistics.median(gaps)
 
 
-def _share(device: torch.device, seconds: float = 0.0) -> float:
-    """The load's slow-down of a run of ``seconds`` that just ended (only CPUs share so)."""
-    if device.type != "cpu":
-        return 1.0
-    return cpu_share(included=1.0 - math.exp(-seconds / 60.0))
-
-
 def calibrate(device: str | torch.device = "cpu", precision: str = "fp32") -> list[Record]:
     """Time the probe networks on ``device`` (about a second on a CPU); one record each.
 
-    Seconds are stored as on an idle machine: divided by the load's slow-down (``cpu_share``).
     Runs the training engine, which reseeds torch's global generator: call it in a worker.
     """
     dev = torch.device(device)
@@ -126,8 +137,8 @@ def calibrate(device: str | torch.device = "cpu", precision: str = "fp32") -> li
     for spec, batch in zip(probe_specs(), PROBE_BATCHES, strict=True):
         work = run_work(spec, _Config(batch), DataSizes(batch * (PROBE_STEPS + 2), 0,
                                                         spec.input_shape, spec.num_classes))
-        seconds = _probe_seconds(spec, batch, dev, precision)
-        records.append(Record(work.step_features(), seconds / _share(dev), "probe"))
+        records.append(Record(work.step_features(), _probe_seconds(spec, batch, dev, precision),
+                              "probe"))
     return records
 
 
@@ -209,14 +220,17 @@ def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
 
 def record(device: str | torch.device, precision: str, work: Work, step_seconds: float,
            eval_seconds: float | None = None, path: str | Path | None = None,
-           run_seconds: float = 0.0) -> None:
+           share: float | None = None) -> None:
     """Keep a finished run's measured seconds per step (and per test pass) to refine the fit.
 
-    Call it as the run ends, with its length ``run_seconds``: the seconds are stored as on an
-    idle machine, divided by the slow-down the load average shows (``cpu_share``).
+    Seconds are kept as on an idle machine: divided by ``share``, the slow-down the run saw
+    (its wall time over its ``idle_clock`` time on a CPU; 1 on a GPU). Without it, a CPU run's
+    slow-down is read from the load average as the run ends (``cpu_share``), a rougher guess.
     """
     file = Path(path) if path else calibration_path()
-    share = _share(torch.device(device), run_seconds)
+    if share is None:
+        share = cpu_share(included=1.0) if torch.device(device).type == "cpu" else 1.0
+    share = max(1.0, float(share))
     new = [Record(work.step_features(), float(step_seconds) / share)]
     if eval_seconds is not None and work.test_images:
         new.append(Record(work.eval_features(), float(eval_seconds) / share))
@@ -232,16 +246,23 @@ def record(device: str | torch.device, precision: str, work: Work, step_seconds:
         _write(file, data)
 
 
-def record_result(work: Work, result: Any, path: str | Path | None = None) -> None:
-    """``record`` from a ``TrainResult``: seconds per step and per test pass of its epochs."""
+def record_result(work: Work, result: Any, path: str | Path | None = None,
+                  idle_seconds: float | None = None) -> None:
+    """``record`` from a ``TrainResult``: seconds per step and per test pass of its epochs.
+
+    Args:
+        idle_seconds: the run's ``idle_clock`` time (read it before and after ``train`` in the
+            worker); with the result's wall time it gives the slow-down the run saw.
+    """
     epochs = [m for m in result.epoch_metrics if m.get("images_per_s")]
     if not epochs:
         return
     step = statistics.median(work.batch_size / m["images_per_s"] for m in epochs)
     evals = [m["eval_time_s"] for m in epochs if m.get("test_acc") is not None]
+    elapsed = float(getattr(result, "elapsed_s", 0.0) or 0.0)
+    share = elapsed / idle_seconds if idle_seconds and elapsed > 0 else None
     record(result.device, result.precision, work, step,
-           statistics.median(evals) if evals else None, path,
-           float(getattr(result, "elapsed_s", 0.0) or 0.0))
+           statistics.median(evals) if evals else None, path, share)
 
 
 def _record_json(r: Record) -> dict[str, Any]:

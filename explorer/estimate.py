@@ -12,7 +12,8 @@ E. The four coefficients are fitted (least squares on relative error, all non-ne
 calibration (four small probe networks trained a few steps, about a second in all, cached per
 device in a JSON file beside the run store by ``explorer.calibration``) and to every finished run
 recorded since; a run whose work was measured before on this device is estimated by those
-measurements themselves.
+measurements themselves. On a CPU shared with other work, seconds are kept as on an idle machine
+and scaled by the slow-down the load average shows now (``cpu_share``).
 """
 
 from __future__ import annotations

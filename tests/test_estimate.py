@@ -1,6 +1,7 @@
 """Cost and memory estimates before Start: work, the time model's fit, budget, memory, classes."""
 
 import json
+import os
 import random
 import types
 
@@ -19,6 +20,7 @@ from explorer.estimate import (
     budget_seconds,
     check_budget,
     check_classes,
+    cpu_share,
     epoch_sentence,
     estimate_run,
     fit,
@@ -110,6 +112,16 @@ def test_seconds_use_earlier_runs_of_the_same_work():
     assert refined.seconds(work.step_features()) == pytest.approx(0.3)  # their median
 
 
+def test_cpu_share_from_the_load_average(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 0.0, 0.0))
+    # Load 3 on 2 cores, plus the run's own thread: 4 runnable threads, half a core each.
+    assert cpu_share(threads=1) == 2.0
+    assert cpu_share(threads=1, included=1.0) == 1.5  # the load already counts the run
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.0, 0.0))
+    assert cpu_share(threads=1) == 1.0  # a free core: no slow-down
+
+
 def test_epoch_sentence():
     assert epoch_sentence(41.6) == "about 42 s per epoch on this server"
     assert epoch_sentence(300) == "about 5 min per epoch on this server"
@@ -171,14 +183,16 @@ def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     assert again.calibrated_at == first.calibrated_at
     assert [r.seconds for r in again.records] == [r.seconds for r in first.records]
     work = run_work(get_preset("course_lenet5").spec, TrainConfig(), DIGITS)
-    # A TrainResult's epochs: 128 images per step at 256 images/s is 0.5 s per step.
-    result = types.SimpleNamespace(device="cpu", precision="fp32", epoch_metrics=[
+    # A TrainResult's epochs: 128 images per step at 256 images/s is 0.5 s per step. The run
+    # took 20 s but 10 s of CPU: it went at half speed, on an idle machine 0.25 s per step.
+    result = types.SimpleNamespace(device="cpu", precision="fp32", elapsed_s=20.0, epoch_metrics=[
         {"images_per_s": 256.0, "eval_time_s": 2.0, "test_acc": 0.9}])
-    calibration.record_result(work, result, path=path)
+    calibration.record_result(work, result, path=path, idle_seconds=10.0)
+    monkeypatch.setattr(calibration, "cpu_share", lambda **_kw: 1.5)  # the load now
     refined = calibration.load_throughput("cpu", "fp32", path=path)
-    assert refined.seconds(work.step_features()) == pytest.approx(0.5)
-    assert refined.seconds(work.eval_features()) == pytest.approx(2.0)
-    assert refined.epoch_seconds(work) == pytest.approx(31 * 0.5 + 2.0)
+    assert refined.seconds(work.step_features()) == pytest.approx(0.25 * 1.5)
+    assert refined.seconds(work.eval_features()) == pytest.approx(1.0 * 1.5)
+    assert refined.epoch_seconds(work) == pytest.approx((31 * 0.25 + 1.0) * 1.5)
     data = json.loads(path.read_text())
     (entry,) = data["devices"].values()
     assert len(entry["runs"]) == 2 and entry["runs"][0]["at"]
