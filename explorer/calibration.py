@@ -1,8 +1,9 @@
 """This device's speed, measured once and refined from finished runs (a JSON file per server).
 
-``calibrate`` trains four small probe networks for a few steps through the engine itself (about a
+``calibrate`` trains five small probe networks for a few steps through the engine itself (about a
 second on a CPU): a two-layer net at batch 1 (the fixed cost of a step), a deep thin one (the cost
-per layer), a VGG block (multiply-adds) and a wide batch-norm layer (element-wise work). On a CPU
+per layer), two VGG blocks (multiply-adds, on a 16×16 map and with wide channels on a 4×4 one) and
+a wide batch-norm layer (element-wise work). On a CPU
 it times them by CPU time (``idle_clock``), so that a busy machine does not enter the calibration:
 every record holds seconds as on an idle machine, and the estimate multiplies by the slow-down
 the load shows at the time (``explorer.estimate.cpu_share``). The file
@@ -70,18 +71,21 @@ def _cpu_name() -> str:
 
 
 def probe_specs() -> list[SpecBase]:
-    """The calibration networks: per-step cost, per-layer cost, arithmetic, element-wise work."""
+    """The calibration networks: per-step cost, per-layer cost, arithmetic (on a large and a
+    small map), element-wise work."""
     return [
         LeNetSpec(input_shape=(1, 8, 8), conv_channels=(2,), kernel_size=3, hidden=()),
         LeNetSpec(input_shape=(1, 8, 8), conv_channels=(2,) * 3, kernel_size=1, hidden=(4,) * 6,
                   batch_norm=True),
         VGGSpec(input_shape=(1, 16, 16), arch=(VGGBlock(2, 32),), hidden=(), dropout=0.0),
+        # Wide channels on a small map: a CPU's backward pass runs those far below its best.
+        VGGSpec(input_shape=(1, 4, 4), arch=(VGGBlock(2, 128),), hidden=(), dropout=0.0),
         LeNetSpec(input_shape=(1, 32, 32), conv_channels=(16,), kernel_size=1, hidden=(),
                   batch_norm=True),
     ]
 
 
-PROBE_BATCHES = (1, 2, 16, 32)  # batch norm needs two values per channel
+PROBE_BATCHES = (1, 2, 16, 32, 32)  # batch norm needs two values per channel
 
 
 def idle_clock() -> float:

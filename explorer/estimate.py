@@ -9,11 +9,14 @@ Time per step is modelled as ``a + b·layers + macs/T + elements/E``: a fixed pe
 optimizer, batch slicing), a per-layer dispatch cost (what dominates small models on a CPU), the
 multiply-adds at throughput T and the element-wise work (batch norm, activations, pooling) at rate
 E. The four coefficients are fitted (least squares on relative error, all non-negative) to a quick
-calibration (four small probe networks trained a few steps, about a second in all, cached per
+calibration (five small probe networks trained a few steps, about a second in all, cached per
 device in a JSON file beside the run store by ``explorer.calibration``) and to every finished run
-recorded since; a run whose work was measured before on this device is estimated by those
-measurements themselves. On a CPU shared with other work, seconds are kept as on an idle machine
-and scaled by the slow-down the load average shows now (``cpu_share``).
+recorded since. A run whose work was measured before on this device is estimated by those
+measurements themselves, other work by the model times its error on the nearest finished runs
+(per-layer efficiency varies: a few conv channels run far below a wide layer's rate on a CPU,
+which a class training LeNet after LeNet soon teaches the estimate). On a CPU shared with other
+work, seconds are kept as on an idle machine and scaled by the slow-down the load average shows
+now (``cpu_share``).
 """
 
 from __future__ import annotations
@@ -145,6 +148,14 @@ class Record:
     source: str = "run"  # probe (calibration) | run (a finished run)
 
 
+NEIGHBOURS = 3  # finished runs whose error corrects an estimate of similar work
+NEAR = 0.5  # how similar: distance in decades of (per-batch cost, layers, MACs, elements)
+
+
+def _position(features: Sequence[float]) -> tuple[float, ...]:
+    return tuple(math.log10(max(x, 1.0)) for x in features)
+
+
 class Throughput:
     """This device's measured speed: the calibration probes and finished runs, fitted."""
 
@@ -165,12 +176,31 @@ class Throughput:
         c = self.coefficients[2]
         return 1.0 / c if c > 0 else math.inf
 
+    def model_seconds(self, features: Sequence[float]) -> float:
+        """What the fitted model alone predicts, on an idle machine."""
+        return sum(c * x for c, x in zip(self.coefficients, features, strict=True))
+
     def seconds(self, features: Sequence[float]) -> float:
-        """Predicted seconds now; from earlier measurements of exactly this work if any."""
-        same = [r.seconds for r in self.records if r.features == tuple(features)]
+        """Predicted seconds now, learning from finished runs.
+
+        Earlier runs of exactly this work give their median. Otherwise the model, corrected by
+        how far off it was for the nearest finished runs of similar work (a few conv channels
+        run far below a wide layer's throughput on a CPU; such effects are local).
+        """
+        key = tuple(features)
+        same = [r.seconds for r in self.records if r.features == key]
         if same:
             return statistics.median(same) * self.share
-        return sum(c * x for c, x in zip(self.coefficients, features, strict=True)) * self.share
+        return self.model_seconds(features) * self._correction(key) * self.share
+
+    def _correction(self, features: tuple[float, ...]) -> float:
+        """Geometric mean of measured/model over the nearest finished runs (1 when none)."""
+        here = _position(features)
+        near = sorted((math.dist(here, _position(r.features)), r) for r in self.records
+                      if r.source == "run")
+        ratios = [math.log(r.seconds / m) for d, r in near[:NEIGHBOURS] if d <= NEAR
+                  and (m := self.model_seconds(r.features)) > 0]
+        return math.exp(sum(ratios) / len(ratios)) if ratios else 1.0
 
     def epoch_seconds(self, work: Work) -> float:
         """One epoch: its training steps and its test pass."""

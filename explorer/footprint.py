@@ -21,6 +21,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -161,7 +162,7 @@ class Footprint:
         return dataclasses.replace(self, batch_size=batch_size)
 
 
-def estimate_footprint(spec: SpecBase, config: object, data: DataSizes,
+def estimate_footprint(spec: SpecBase, config: Any, data: DataSizes,
                        precision: str = "fp32") -> Footprint:
     """The peak memory of training ``spec`` with ``config`` (a TrainConfig) on ``data``.
 
@@ -181,9 +182,8 @@ def estimate_footprint(spec: SpecBase, config: object, data: DataSizes,
     train_image = saved + act.saved_index_bytes + transient
     # Evaluation keeps nothing for backward: the input and two layer outputs at a time.
     eval_image = 4 * (source + math.prod(spec.input_shape)) + 2 * act_bytes * act.largest_output
-    batch = int(getattr(config, "batch_size", 1))
-    slots = optimizer_slots(str(getattr(config, "optimizer", "sgd")),
-                            float(getattr(config, "momentum", 0.0)))
+    batch = int(config.batch_size)
+    slots = optimizer_slots(config.optimizer, float(config.momentum))
     # oneDNN and cuDNN reorder a weight into their own layout while a layer runs (two copies of
     # the largest at a time); autocast keeps a bfloat16 copy of every weight for the step.
     workspace = 2 * 4 * largest + (2 * n if half else 0)

@@ -112,6 +112,18 @@ def test_seconds_use_earlier_runs_of_the_same_work():
     assert refined.seconds(work.step_features()) == pytest.approx(0.3)  # their median
 
 
+def test_nearby_runs_correct_the_model():
+    probes = macs_only(1e9).records
+    lenet = (1.0, 7.0, 1e8, 3e6)  # a finished run that took twice what the MACs predict
+    th = Throughput("test", [*probes, Record(lenet, 0.2)])
+    error = 0.2 / th.model_seconds(lenet)
+    bn_lenet = (1.0, 11.0, 1e8, 4e6)  # similar work: within half a decade
+    assert th.seconds(bn_lenet) == pytest.approx(th.model_seconds(bn_lenet) * error)
+    wide = (1.0, 7.0, 1e10, 3e6)  # a hundred times the MACs: the model alone
+    assert th.seconds(wide) == pytest.approx(th.model_seconds(wide))
+    assert th.model_seconds(wide) == pytest.approx(10.0, rel=0.05)
+
+
 def test_cpu_share_from_the_load_average(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 0.0, 0.0))
@@ -172,7 +184,8 @@ def test_budget_setting(monkeypatch):
 def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     path = tmp_path / "throughput.json"
     first = calibration.load_throughput("cpu", "fp32", path=path)
-    assert len(first.records) == 4 and all(r.source == "probe" for r in first.records)
+    assert len(first.records) == len(calibration.probe_specs()) == 5
+    assert all(r.source == "probe" for r in first.records)
     assert all(r.seconds > 0 for r in first.records) and first.calibrated_at
 
     def refuse(*_args):
@@ -201,10 +214,10 @@ def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
 def test_a_damaged_calibration_file_is_recalibrated(tmp_path, monkeypatch):
     path = tmp_path / "throughput.json"
     path.write_text("{not json")
-    probes = [Record((1.0, 3.0, 1e6, 1e3), 0.01, "probe")] * 4
+    probes = [Record((1.0, 3.0, 1e6, 1e3), 0.01, "probe")] * 5
     monkeypatch.setattr(calibration, "calibrate", lambda *_a: probes)
     th = calibration.load_throughput("cpu", "fp32", path=path)
-    assert [r.seconds for r in th.records] == [0.01] * 4
+    assert [r.seconds for r in th.records] == [0.01] * 5
     assert calibration.load_throughput("cpu", "bf16", path=path,
                                        calibrate_if_missing=False) is None
 
