@@ -8,7 +8,7 @@ seconds per step after the first (the first holds one-time set-up) times the ste
 epoch, plus the test pass (on a subset for the larger presets, scaled to the 1,000 images).
 
 Each epoch is timed by two clocks and estimated three ways: ``ratio``, the page's estimate
-before Start (the model times the slow-down the load average shows then) against the wall
+before Start (the model times the slow-down ``cpu_share`` measures then) against the wall
 clock; ``ratio_idle``, the time model alone against the run's CPU time per thread (the run on an
 idle machine: this separates the model's error from the machine's changing load);
 ``ratio_idle_refined``, the same after refining with the other four presets' runs (leave one
@@ -107,7 +107,7 @@ def time_figures(precision: str) -> dict:
     base = Throughput(key, probes)
     measured = {}
     for name, steps, n_test in TIME_PRESETS:
-        share_before = cpu_share()  # the slow-down the page would read before Start
+        share_before = cpu_share(max_age_s=0)  # the slow-down the page measures before Start
         m = measure_epoch(name, steps, n_test, precision)
         m["share_before"] = share_before
         measured[name] = m

@@ -6,7 +6,7 @@ per layer), two VGG blocks (multiply-adds, on a 16×16 map and with wide channel
 a wide batch-norm layer (element-wise work). On a CPU
 it times them by CPU time (``idle_clock``), so that a busy machine does not enter the calibration:
 every record holds seconds as on an idle machine, and the estimate multiplies by the slow-down
-the load shows at the time (``explorer.estimate.cpu_share``). The file
+measured at the time (``explorer.estimate.cpu_share``). The file
 beside the run store keeps, per device, precision and CPU thread count, the probes with a time
 stamp and the torch version (another version recalibrates), and the last finished runs;
 ``explorer.estimate.Throughput`` fits the time model to all of them.
@@ -35,7 +35,7 @@ from explorer.estimate import Record, Throughput, Work, cpu_share, run_work
 from explorer.footprint import DataSizes
 from explorer.specs import LeNetSpec, SpecBase, VGGBlock, VGGSpec
 
-CALIBRATION_FILE = "throughput.json"  # beside the run store
+CALIBRATION_SUFFIX = ".throughput.json"  # runs.sqlite.throughput.json, beside the run store
 CALIBRATION_VERSION = 1
 KEEP_RECORDS = 64  # finished runs kept per device; the oldest go first
 PROBE_STEPS = 16  # timed steps per calibration probe, after a warm-up step
@@ -48,7 +48,7 @@ def calibration_path(store_path: str | Path | None = None) -> Path:
     """The calibration file beside the run store ($EXPLORER_RUNS_DB, else ./runs.sqlite)."""
     store = Path(store_path) if store_path else Path(
         os.environ.get("EXPLORER_RUNS_DB") or "runs.sqlite")  # as explorer.runs, without pandas
-    return store.with_name(CALIBRATION_FILE)
+    return store.with_name(store.name + CALIBRATION_SUFFIX)
 
 
 def device_key(device: str | torch.device, precision: str) -> str:
@@ -166,7 +166,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)  # readers see the old file or the new one, never half of one
 
@@ -175,7 +175,7 @@ def _write(path: Path, data: dict[str, Any]) -> None:
 def _locked(path: Path):  # type: ignore[no-untyped-def]
     """Several workers update the file: read-modify-write under an advisory file lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock, open(path.with_name(f".{path.name}.lock"), "a") as handle:
+    with _lock, open(path.with_name(f"{path.name}.lock"), "a") as handle:
         try:
             import fcntl
         except ImportError:  # not on POSIX: the thread lock alone
@@ -229,11 +229,11 @@ def record(device: str | torch.device, precision: str, work: Work, step_seconds:
 
     Seconds are kept as on an idle machine: divided by ``share``, the slow-down the run saw
     (its wall time over its ``idle_clock`` time on a CPU; 1 on a GPU). Without it, a CPU run's
-    slow-down is read from the load average as the run ends (``cpu_share``), a rougher guess.
+    slow-down is measured as it ends (``cpu_share``), a rougher guess.
     """
     file = Path(path) if path else calibration_path()
     if share is None:
-        share = cpu_share(included=1.0) if torch.device(device).type == "cpu" else 1.0
+        share = cpu_share() if torch.device(device).type == "cpu" else 1.0
     share = max(1.0, float(share))
     new = [Record(work.step_features(), float(step_seconds) / share)]
     if eval_seconds is not None and work.test_images:

@@ -15,7 +15,7 @@ recorded since. A run whose work was measured before on this device is estimated
 measurements themselves, other work by the model times its error on the nearest finished runs
 (per-layer efficiency varies: a few conv channels run far below a wide layer's rate on a CPU,
 which a class training LeNet after LeNet soon teaches the estimate). On a CPU shared with other
-work, seconds are kept as on an idle machine and scaled by the slow-down the load average shows
+work, seconds are kept as on an idle machine and scaled by the slow-down a short probe measures
 now (``cpu_share``).
 """
 
@@ -27,6 +27,7 @@ import itertools
 import math
 import os
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -213,21 +214,28 @@ class Throughput:
                 + work.epochs * self.seconds(work.eval_features()))
 
 
-def cpu_share(threads: int | None = None, included: float = 0.0) -> float:
-    """How much slower than on an idle machine a CPU run goes now: ≥ 1, from the load average.
+_share_cache: list[float] = []  # [measured at (perf_counter), share]
 
-    Linux shares the cores evenly among the runnable threads, which the load average counts:
-    with load L on C cores a run of T threads gets C / (L + T) of a core per thread once L + T
-    exceeds C. ``included``: how much of the run L already counts (the one-minute average takes
-    about a minute to see a new run: 1 - exp(-seconds / 60)).
+
+def cpu_share(sample_s: float = 0.1, max_age_s: float = 15.0) -> float:
+    """How much slower than on an idle machine a CPU-bound thread runs now (≥ 1).
+
+    Measured, not inferred: a short busy probe (small matrix products, ``sample_s`` of wall
+    time) compares the wall clock with the thread's CPU time. The load average proved a poor
+    guide on a shared machine (it counted twice the slow-down runs saw). Cached ``max_age_s``.
     """
-    try:
-        load = os.getloadavg()[0]
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux: assume an idle machine
-        return 1.0
-    threads = min(torch.get_num_threads() if threads is None else threads, cores)
-    return max(1.0, (load + (1.0 - included) * threads) / cores)
+    now = time.perf_counter()
+    if _share_cache and now - _share_cache[0] < max_age_s:
+        return _share_cache[1]
+    a = torch.full((48, 48), 0.01)
+    wall0, cpu0 = time.perf_counter(), time.thread_time()
+    while time.perf_counter() - wall0 < sample_s:
+        for _ in range(10):
+            a = torch.tanh(a @ a)
+    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+    share = max(1.0, wall / cpu) if cpu > 0 else 1.0
+    _share_cache[:] = [time.perf_counter(), share]
+    return share
 
 
 def estimate_epoch_seconds(spec: SpecBase, config: Any, data: DataSizes,

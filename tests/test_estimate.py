@@ -1,8 +1,8 @@
 """Cost and memory estimates before Start: work, the time model's fit, budget, memory, classes."""
 
 import json
-import os
 import random
+import time
 import types
 
 import pytest
@@ -12,6 +12,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from explorer import calibration
+from explorer import estimate as estimate_module
 from explorer.data import ImageDataset
 from explorer.errors import ConfigError
 from explorer.estimate import (
@@ -124,14 +125,18 @@ def test_nearby_runs_correct_the_model():
     assert th.model_seconds(wide) == pytest.approx(10.0, rel=0.05)
 
 
-def test_cpu_share_from_the_load_average(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
-    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 0.0, 0.0))
-    # Load 3 on 2 cores, plus the run's own thread: 4 runnable threads, half a core each.
-    assert cpu_share(threads=1) == 2.0
-    assert cpu_share(threads=1, included=1.0) == 1.5  # the load already counts the run
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.0, 0.0))
-    assert cpu_share(threads=1) == 1.0  # a free core: no slow-down
+def test_cpu_share_measures_the_slow_down(monkeypatch):
+    monkeypatch.setattr(estimate_module, "_share_cache", [])
+    real = time.perf_counter
+    # A thread that gets half a core: its CPU time runs at half the wall clock's pace.
+    monkeypatch.setattr(time, "thread_time", lambda: real() / 2)
+    assert cpu_share(sample_s=0.02) == pytest.approx(2.0, rel=0.05)
+
+    def no_probe():
+        raise AssertionError("probed again within max_age_s")
+
+    monkeypatch.setattr(time, "thread_time", no_probe)
+    assert cpu_share(sample_s=0.02) == pytest.approx(2.0, rel=0.05)  # cached
 
 
 def test_epoch_sentence():
@@ -201,7 +206,7 @@ def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     result = types.SimpleNamespace(device="cpu", precision="fp32", elapsed_s=20.0, epoch_metrics=[
         {"images_per_s": 256.0, "eval_time_s": 2.0, "test_acc": 0.9}])
     calibration.record_result(work, result, path=path, idle_seconds=10.0)
-    monkeypatch.setattr(calibration, "cpu_share", lambda **_kw: 1.5)  # the load now
+    monkeypatch.setattr(calibration, "cpu_share", lambda: 1.5)  # the slow-down now
     refined = calibration.load_throughput("cpu", "fp32", path=path)
     assert refined.seconds(work.step_features()) == pytest.approx(0.25 * 1.5)
     assert refined.seconds(work.eval_features()) == pytest.approx(1.0 * 1.5)
@@ -209,6 +214,14 @@ def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     data = json.loads(path.read_text())
     (entry,) = data["devices"].values()
     assert len(entry["runs"]) == 2 and entry["runs"][0]["at"]
+
+
+def test_calibration_file_lies_beside_the_run_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("EXPLORER_RUNS_DB", str(tmp_path / "class.db"))
+    assert calibration.calibration_path() == tmp_path / "class.db.throughput.json"
+    monkeypatch.delenv("EXPLORER_RUNS_DB")
+    # runs.sqlite.throughput.json: .gitignore's /runs.sqlite* keeps it out of the repository.
+    assert str(calibration.calibration_path()) == "runs.sqlite.throughput.json"
 
 
 def test_a_damaged_calibration_file_is_recalibrated(tmp_path, monkeypatch):
