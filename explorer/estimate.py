@@ -91,6 +91,9 @@ def run_work(spec: SpecBase, config: Any, data: DataSizes) -> Work:
     if tuple(data.image_shape) != tuple(spec.input_shape):
         elements += math.prod(spec.input_shape)  # the engine resizes each batch on the device
     batch = int(config.batch_size)
+    if batch > data.train_images:  # the engine's own refusal, before any estimate
+        raise ConfigError(f"batch_size {batch} is larger than the {data.train_images} training "
+                          f"images; choose at most {data.train_images}.")
     steps = data.train_images // batch
     total = steps * int(config.epochs)
     if config.max_steps is not None:

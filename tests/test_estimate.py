@@ -78,6 +78,8 @@ def test_max_steps_and_resize_enter_the_work():
     same = run_work(spec, TrainConfig(batch_size=100), DataSizes(4000, 1000, (1, 32, 32), 10))
     # The engine resizes 28×28 batches to 32×32 on the device: 1,024 more elements per image.
     assert work.elements_per_image - same.elements_per_image == 32 * 32
+    with pytest.raises(ConfigError, match="choose at most 4000"):
+        run_work(spec, TrainConfig(batch_size=5000), DIGITS)
 
 
 # ---- the time model ---------------------------------------------------------------------------
