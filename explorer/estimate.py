@@ -312,31 +312,47 @@ def budget_seconds() -> float:
 
 
 def _cheaper_input(est: RunEstimate, budget: float) -> tuple[SpecBase, float] | None:
-    """The largest square input below the model's that builds and fits the whole run."""
+    """The largest square input below the model's that builds and fits the whole run.
+
+    A binary search over ``INPUT_SIZES``: the cost grows with the input, and each try is a
+    meta-device pass (a second for a DenseNet on a busy CPU).
+    """
     c, h, w = est.spec.input_shape
-    for size in INPUT_SIZES:
-        if size >= min(h, w):
-            continue
+
+    def total(size: int) -> float | None:
         try:
             spec = dataclasses.replace(est.spec, input_shape=(c, size, size))
-            total = est.throughput.run_seconds(run_work(spec, est.config, est.data))
-        except ConfigError:  # too small for this network: smaller ones are too
+            return est.throughput.run_seconds(run_work(spec, est.config, est.data))
+        except ConfigError:  # too small for this network
             return None
-        if total <= budget:
-            return spec, total
-    return None
+
+    sizes = sorted(s for s in INPUT_SIZES if s < min(h, w))  # ascending
+    best: tuple[SpecBase, float] | None = None
+    lo, hi = 0, len(sizes) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        t = total(sizes[mid])
+        if t is None:  # does not build: only larger inputs can
+            lo = mid + 1
+        elif t <= budget:
+            best = (dataclasses.replace(est.spec, input_shape=(c, sizes[mid], sizes[mid])), t)
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return best
 
 
 def _cheaper_model(est: RunEstimate, budget: float) -> tuple[str, float, int] | None:
-    """A preset of the same family (with the data's classes) that fits: (name, seconds, epochs).
+    """A course preset of the same family (with the data's classes) that fits.
 
-    The most expensive one that fits all the epochs; failing that, the cheapest, with the
-    epochs of it that fit (0 epochs: none fits).
+    Returns (name, seconds, epochs): the most expensive one that fits all the epochs; failing
+    that, the cheapest, with the epochs of it that fit (None when not even one does). Only the
+    course presets: torchvision's are the large ones, and each costs a meta-device pass.
     """
     from explorer.registry import get_preset, preset_names
 
     priced = []
-    for name in preset_names(family=est.spec.family):
+    for name in preset_names(group="course", family=est.spec.family):
         spec = with_classes(get_preset(name).spec, est.data.num_classes)
         if spec == est.spec:
             continue
