@@ -18,6 +18,7 @@ import contextlib
 import functools
 import itertools
 import json
+import logging
 import math
 import os
 import platform
@@ -42,6 +43,7 @@ PROBE_STEPS = 16  # timed steps per calibration probe, after a warm-up step
 
 
 _lock = threading.Lock()
+log = logging.getLogger(__name__)
 
 
 def calibration_path(store_path: str | Path | None = None) -> Path:
@@ -210,13 +212,16 @@ def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
         if not calibrate_if_missing:
             return None
         probes = calibrate(device, precision)
-        with _locked(file):
-            data = _read(file) or {"version": CALIBRATION_VERSION, "devices": {}}
-            entry = data["devices"].setdefault(key, {})
-            entry.update({"torch": torch.__version__, "calibrated_at": _now(),
-                          "probes": [_record_json(r) for r in probes]})
-            entry.setdefault("runs", [])
-            _write(file, data)
+        entry = {"torch": torch.__version__, "calibrated_at": _now(),
+                 "probes": [_record_json(r) for r in probes], "runs": entry.get("runs", [])}
+        try:
+            with _locked(file):
+                data = _read(file) or {"version": CALIBRATION_VERSION, "devices": {}}
+                entry["runs"] = data["devices"].get(key, {}).get("runs", entry["runs"])
+                data["devices"][key] = entry
+                _write(file, data)
+        except OSError:  # a read-only store: the estimate still works, once per process
+            log.warning("could not write the calibration file %s", file, exc_info=True)
     share = cpu_share() if torch.device(device).type == "cpu" else 1.0
     return Throughput(key, probes + _entry_records(entry, "runs"), entry.get("calibrated_at", ""),
                       share)
@@ -241,13 +246,16 @@ def record(device: str | torch.device, precision: str, work: Work, step_seconds:
     new = [r for r in new if r.seconds > 0 and math.isfinite(r.seconds)]
     if not new:
         return
-    with _locked(file):
-        data = _read(file) or {"version": CALIBRATION_VERSION, "devices": {}}
-        entry = data["devices"].setdefault(device_key(device, precision), {})
-        runs = entry.setdefault("runs", [])
-        runs.extend(_record_json(r) for r in new)
-        del runs[:-KEEP_RECORDS]
-        _write(file, data)
+    try:
+        with _locked(file):
+            data = _read(file) or {"version": CALIBRATION_VERSION, "devices": {}}
+            entry = data["devices"].setdefault(device_key(device, precision), {})
+            runs = entry.setdefault("runs", [])
+            runs.extend(_record_json(r) for r in new)
+            del runs[:-KEEP_RECORDS]
+            _write(file, data)
+    except OSError:  # refining is a bonus: a finished run never fails for it
+        log.warning("could not record the run in %s", file, exc_info=True)
 
 
 def record_result(work: Work, result: Any, path: str | Path | None = None,

@@ -218,6 +218,14 @@ def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     assert len(entry["runs"]) == 2 and entry["runs"][0]["at"]
 
 
+def test_an_unwritable_calibration_file_fails_nothing(tmp_path, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    work = run_work(get_preset("course_lenet").spec, TrainConfig(), DIGITS)
+    calibration.record("cpu", "fp32", work, 0.1, 0.5, path=blocker / "t.json", share=1.0)
+    assert "could not record" in caplog.text
+
+
 def test_calibration_file_lies_beside_the_run_store(monkeypatch, tmp_path):
     monkeypatch.setenv("EXPLORER_RUNS_DB", str(tmp_path / "class.db"))
     assert calibration.calibration_path() == tmp_path / "class.db.throughput.json"
