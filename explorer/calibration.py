@@ -283,3 +283,7 @@ def _record_json(r: Record) -> dict[str, Any]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+__all__ = ["calibrate", "calibration_path", "device_key", "idle_clock", "load_throughput",
+           "probe_specs", "record", "record_result"]

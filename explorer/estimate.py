@@ -430,3 +430,9 @@ def with_classes(spec: SpecBase, num_classes: int) -> SpecBase:
     if spec.num_classes == num_classes:  # type: ignore[attr-defined]
         return spec
     return dataclasses.replace(spec, num_classes=int(num_classes))  # type: ignore[call-arg]
+
+
+__all__ = ["BUDGET_ENV", "DEFAULT_BUDGET_S", "Record", "RunEstimate", "Throughput", "Work",
+           "budget_seconds", "check_budget", "check_classes", "cpu_share", "duration_text",
+           "epoch_sentence", "estimate_epoch_seconds", "estimate_run", "fit", "head_option",
+           "run_work", "with_classes"]

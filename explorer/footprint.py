@@ -210,6 +210,11 @@ def _size(n: float) -> str:
     return f"{n:,.0f} bytes"
 
 
+def memory_sentence(footprint: Footprint) -> str:
+    """'about 51.2 MB of memory at batch size 128', for the page before Start."""
+    return f"about {_size(footprint.peak_bytes)} of memory at batch size {footprint.batch_size}"
+
+
 def check_memory(footprint: Footprint, available_bytes: int) -> ConfigError | None:
     """None when the run fits in ``available_bytes``, else a sentence with the batch that fits."""
     if footprint.peak_bytes <= available_bytes:
@@ -283,4 +288,5 @@ def gpu_slots(total_bytes: int, footprints: Sequence[Footprint]) -> int:
 
 __all__ = ["ActivationProfile", "DataSizes", "Footprint", "activation_profile",
            "available_memory", "check_memory", "estimate_footprint", "gpu_slots",
-           "largest_batch", "machine_memory_bytes", "optimizer_slots", "param_counts"]
+           "largest_batch", "machine_memory_bytes", "memory_sentence", "optimizer_slots",
+           "param_counts"]

@@ -38,6 +38,7 @@ from explorer.footprint import (
     estimate_footprint,
     gpu_slots,
     largest_batch,
+    memory_sentence,
 )
 from explorer.models import build
 from explorer.registry import get_preset
@@ -315,6 +316,9 @@ def test_memory_refusal_names_the_batch_that_fits():
         "this run needs about 940 bytes of memory at batch size 64, more than the 700 bytes a "
         "run may use on this server; choose a batch size of at most 40.")
     assert check_memory(fp, 940) is None
+    assert memory_sentence(fp) == "about 940 bytes of memory at batch size 64"
+    big = Footprint(10**9, 10**9, 0, 0, 0, 128, 4_000_000, 0, 1000)  # 2 GB + 128 · 4 MB
+    assert memory_sentence(big) == "about 2.5 GB of memory at batch size 128"
     assert "even at batch size 1" in str(check_memory(fp, 299))
 
 
