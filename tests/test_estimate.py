@@ -121,6 +121,7 @@ def test_nearby_runs_correct_the_model():
     lenet = (1.0, 7.0, 1e8, 3e6)  # a finished run that took twice what the MACs predict
     th = Throughput("test", [*probes, Record(lenet, 0.2)])
     error = 0.2 / th.model_seconds(lenet)
+    assert error > 1.5  # the fit mostly follows the five probes
     bn_lenet = (1.0, 11.0, 1e8, 4e6)  # similar work: within half a decade
     assert th.seconds(bn_lenet) == pytest.approx(th.model_seconds(bn_lenet) * error)
     wide = (1.0, 7.0, 1e10, 3e6)  # a hundred times the MACs: the model alone
