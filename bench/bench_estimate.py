@@ -14,11 +14,12 @@ idle machine: this separates the model's error from the machine's changing load)
 ``ratio_idle_refined``, the same after refining with the other four presets' runs (leave one
 out, as a server refines from finished runs). Goal: each ratio within a factor of 1.5.
 
-Memory: for two presets, the estimated peak (explorer.footprint) against two measurements of a
-real run of a few steps through the engine: the peak of torch's CPU allocator (torch.profiler's
-memory events, everything allocated from the model's construction on) and the rise of the
-process's resident memory high-water mark (VmHWM) in a fresh subprocess, which sees everything
-(oneDNN buffers, allocator slack) but also the interpreter's own growth.
+Memory: for three presets (weights dominate in the first two, activations in NiN), the estimated
+peak (explorer.footprint) against two measurements of a real run of a few steps through the
+engine: the peak of torch's CPU allocator (torch.profiler's memory events, everything allocated
+from the model's construction on) and the rise of the process's resident memory high-water mark
+(VmHWM) in a fresh subprocess, which sees everything (oneDNN buffers, allocator slack) but also
+the interpreter's own growth.
 
 Timings are figures, never pass/fail; load averages before and after are in the output.
 
@@ -57,7 +58,7 @@ TIME_PRESETS = (
     ("course_resnet_3x4_28", 8, 256),
     ("course_vgg11_small", 4, 256),
 )
-MEMORY_PRESETS = (("course_lenet5", 128), ("course_resnet_3x4_28", 64))
+MEMORY_PRESETS = (("course_lenet5", 128), ("course_resnet_3x4_28", 64), ("course_nin", 32))
 BATCH = 128
 
 
