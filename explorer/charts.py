@@ -5,6 +5,7 @@ Large fonts and few colours: the figures are read on a projector at 1280×720.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 
 import pandas as pd
@@ -344,8 +345,11 @@ def overlay_figure(runs: dict[str, pd.DataFrame], metric: str, x: str, title: st
         y = smooth(df[metric].fillna(0), 0.8) if x == "step" else df[metric]
         # The colour follows the run's place among those selected, not among those drawn: a
         # run left out here (no epoch yet) must not shift the others' colours between charts.
+        # Plotly renders a subset of HTML in legend text (<a href>, <b>); a run's name may come
+        # from an imported file, so it is shown as text.
         fig.add_scatter(x=df[x], y=y, mode="lines" if x == "step" else "lines+markers",
-                        name=label, line={"width": 3, "color": RUN_COLORS[i % len(RUN_COLORS)]})
+                        name=html.escape(label), line={"width": 3,
+                                                       "color": RUN_COLORS[i % len(RUN_COLORS)]})
     fig.update_xaxes(title_text=x)
     last = max((df[x].max() for df in runs.values() if not df.empty), default=0)
     if x == "epoch" and last <= 20:  # whole epochs only, never 1.5

@@ -24,8 +24,11 @@ from typing import Any
 
 import torch
 
+from explorer.calibration import calibration_path, idle_clock, record_result
 from explorer.data import ImageDataset, load_dataset
 from explorer.errors import ConfigError
+from explorer.estimate import run_work
+from explorer.footprint import DataSizes
 from explorer.runs import RunStore, StoreCallback
 from explorer.training import TrainConfig, resolve_device, train
 
@@ -161,8 +164,10 @@ class Worker:
 
             callbacks = [Progress(), StoreCallback(store, run_id),
                          *job_callbacks(store, run_id, job)]
+            idle0 = idle_clock()
             result = train(model, spec.input_shape, spec.num_classes, data, config,
                            callbacks=callbacks, stop_event=stop_event, device=self.device)
+            self._calibrate(spec, config, data, result, idle_clock() - idle0)
             return result.status, None
         except torch.OutOfMemoryError as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
@@ -177,6 +182,17 @@ class Worker:
             del model
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+    def _calibrate(self, spec: Any, config: TrainConfig, data: ImageDataset, result: Any,
+                   idle_seconds: float) -> None:
+        """Refine the server's time estimate with what this run measured (never fails a run)."""
+        try:
+            location = str(self.store.path)
+            path = calibration_path(location if "://" not in location else None)
+            record_result(run_work(spec, config, DataSizes.of(data)), result, path, idle_seconds)
+        except Exception:
+            log.warning("could not record run timings for the estimate", exc_info=True)
 
 
 def main(db: str | Path | None, device: str = "auto", ident: str | None = None,

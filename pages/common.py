@@ -169,6 +169,33 @@ def get_manager():
     return JobManager(RunStore(), [s.device for s in slots], max_active=per_visitor)
 
 
+@st.cache_data(ttl=15, max_entries=256, show_spinner=False)
+def _price(spec_json: str, config_json: str, data_name: str, data_dir: str, download: bool):
+    import json
+
+    from explorer.admission import price
+    from explorer.footprint import DataSizes
+    from explorer.runs import default_store_path
+    from explorer.training import TrainConfig
+
+    pool = get_pool()
+    slots = pool.slots if pool is not None else []
+    device = slots[0].device.split(":")[0] if slots else "cpu"
+    data = DataSizes.of(dataset(data_name, data_dir, download))
+    return price(spec_from_json(spec_json), TrainConfig.from_dict(json.loads(config_json)), data,
+                 device, max(1, sum(s.device.startswith(device) for s in slots)),
+                 default_store_path())
+
+
+def price_run(spec, config, ref):
+    """The price of a run on this server (explorer.admission), shared by every visitor for a
+    few seconds: the time estimate reads the machine's load."""
+    import json
+
+    return _price(spec.to_json(), json.dumps(config.to_dict(), sort_keys=True), ref.name,
+                  ref.data_dir, ref.download)
+
+
 def visitor() -> str:
     """This browser's anonymous id: it owns the runs it starts (see explorer.ownership)."""
     import uuid

@@ -8,9 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from explorer import charts
+from explorer.admission import head_for
 from explorer.bounded import parse_id
 from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
+from explorer.estimate import head_option
+from explorer.footprint import DataSizes
 from explorer.forms import md_escape
 from explorer.io import read_runs, runs_to_json
 from explorer.jobs import DataRef
@@ -26,6 +29,7 @@ from pages.common import (
     get_manager,
     is_teacher,
     job_fragment_interval,
+    price_run,
     restore_widgets,
     save_widgets,
     teacher_box,
@@ -53,7 +57,7 @@ CHOICES = {"tr_optimizer": OPTIMIZERS, "tr_schedule": SCHEDULES, "tr_init": INIT
 # Widget values saved every run: Streamlit drops a widget's state when a run does not draw it
 # (another page, or the preset box while the Build page's model is chosen).
 WIDGETS = (*SETTINGS, "tr_source", "tr_preset", "tr_data", "tr_dir", "tr_download",
-           "tr_overlay")
+           "tr_overlay", "tr_head")
 URL_SOURCES = {"Build page": "build", "Preset": "preset"}  # tr_source in the URL
 SAVED = "tr_saved"
 
@@ -118,16 +122,27 @@ def config_from_widgets() -> TrainConfig:
                        **{field: state[key] for key, (field, _d) in SETTINGS.items()})
 
 
+def priced():
+    """(name, data reference, price) of the run the settings describe; mistakes raise
+    ConfigError. The price is cached for a few seconds (see pages.common.price_run)."""
+    name, spec = chosen_spec()
+    validate(spec)
+    ref = DataRef(state["tr_data"], state.get("tr_dir", ""), state.get("tr_download", False))
+    data = dataset(ref.name, ref.data_dir, ref.download)  # a missing dataset: a sentence now
+    spec = head_for(spec, DataSizes.of(data), state.get("tr_head", False), f"The model {name}",
+                    f"the {DATASETS[ref.name].title}")
+    return name, ref, data, price_run(spec, config_from_widgets(), ref)
+
+
 def start() -> None:
-    """Validate everything, then queue the run; errors become a sentence on the page."""
+    """Validate and price the run, then queue it; refusals become a sentence on the page."""
     try:
-        name, spec = chosen_spec()
-        validate(spec)
-        config = config_from_widgets()
-        ref = DataRef(state["tr_data"], state.get("tr_dir", ""), state.get("tr_download", False))
-        data = dataset(ref.name, ref.data_dir, ref.download)  # a missing dataset: a sentence now
-        job = get_manager().submit(f"{name} · {data.name}", spec.to_dict(), config, ref,
-                                   session=visitor(), teacher=is_teacher())
+        name, ref, data, price = priced()
+        if price.refusal is not None:
+            raise price.refusal
+        job = get_manager().submit(f"{name} · {data.name}", price.spec.to_dict(),
+                                   config_from_widgets(), ref, session=visitor(),
+                                   teacher=is_teacher(), footprint=price.footprint.peak_bytes)
     except ConfigError as exc:
         state["tr_error"] = str(exc)
         return
@@ -169,6 +184,25 @@ def settings_panel() -> None:
         number(st, "Label smoothing", "tr_smooth", step=0.05)
         st.selectbox("Weight init", INITS, key=drawn(SAVED, "tr_init"),
                      help="xavier: the lectures' Xavier-uniform init")
+    classes = DATASETS[state["tr_data"]].num_classes
+    if spec.num_classes != classes:
+        st.checkbox(head_option(classes).capitalize(), key=drawn(SAVED, "tr_head"),
+                    help=f"{name} has {spec.num_classes} outputs; the data has {classes} "
+                         f"classes. Ticked, the run trains the same network with a "
+                         f"{classes}-way classifier.")
+
+
+def estimate_line() -> None:
+    """The run's price before Start, or the sentence Start would answer with."""
+    try:
+        _name, _ref, _data, price = priced()
+    except ConfigError as exc:
+        st.warning(md_escape(str(exc)[0].upper() + str(exc)[1:]))
+        return
+    if price.refusal is not None:
+        st.warning(md_escape(f"{str(price.refusal)[0].upper()}{str(price.refusal)[1:]}"))
+    else:
+        st.caption(price.sentence)
 
 
 def status_line(job_id: int, snap) -> None:
@@ -183,7 +217,7 @@ def status_line(job_id: int, snap) -> None:
     elif snap.status == "running":
         st.success(f"{whose} {job_id} is training on {snap.device}.")
     elif snap.status == "failed":
-        st.error(f"{whose} {job_id} failed: {snap.error}")
+        st.error(f"{whose} {job_id} failed: {md_escape(snap.error or '')}")
     else:
         st.info(f"{whose} {job_id} {snap.status}.")
 
@@ -315,9 +349,9 @@ def history() -> None:
         csv = pd.concat([f.assign(run=k) for k, f in frames.items()]).to_csv(index=False)
         c1, c2, c3 = st.columns(3)
         c1.download_button("Metrics (CSV)", csv, "metrics.csv", "text/csv")
-        c2.download_button("Runs (JSON, to import elsewhere)",
-                           runs_to_json([store.export_run(i) for i in chosen]), "runs.json",
-                           "application/json")
+        c2.download_button("Runs (JSON, to import elsewhere)",  # made on click, not kept
+                           lambda: runs_to_json([store.export_run(i) for i in chosen]),
+                           "runs.json", "application/json")
         deletable = [i for i in chosen
                      if get_manager().may_manage(next(r for r in runs if r["id"] == i), me,
                                                  teacher)]
@@ -351,6 +385,7 @@ if "tr_url_warning" in state:
 left, right = st.columns([1, 2.3], gap="medium")
 with left:
     settings_panel()
+    estimate_line()
     st.button("Start training", type="primary", on_click=start, width="stretch")
     if "tr_error" in state:
         st.error(state.pop("tr_error"))

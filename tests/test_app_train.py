@@ -309,3 +309,27 @@ def test_the_overlay_selection_survives_another_page_and_drops_deleted_runs():
 def test_a_refused_seed_names_its_range_in_full():
     at = train_page({"tr_seed": "-5"})
     assert "tr_seed=-5 (from 0 to 2,147,483,647)" in at.warning[0].value
+
+
+def test_the_estimate_shows_before_start_and_refusals_are_sentences(monkeypatch):
+    from explorer.runs import RunStore
+
+    at = train_page()
+    at.radio(key="tr_source").set_value("Preset").run()
+    at.selectbox(key="tr_preset").select("course_lenet5").run()
+    assert any("per epoch on this server" in c.value and "of memory at batch size 128" in c.value
+               for c in at.caption)
+    # vgg16 has torchvision's 1000-way head; the offline digits have 10 classes.
+    at.selectbox(key="tr_preset").select("vgg16").run()
+    classes = "The model vgg16 has a 1000-way head but the 5,000 MNIST digits (offline) have 10"
+    assert any(classes in w.value for w in at.warning)
+    before = len(RunStore().list_runs(limit=10_000))
+    button(at, "Start training").click().run()
+    assert any(classes in e.value for e in at.error)
+    # With a 10-way head it is the time budget that refuses it, naming a cheaper fix.
+    at.checkbox(key="tr_head").check().run()
+    monkeypatch.setenv("EXPLORER_RUN_BUDGET_S", "60")
+    button(at, "Start training").click().run()
+    assert any("over the limit of 60 s per run; choose" in e.value for e in at.error)
+    assert len(RunStore().list_runs(limit=10_000)) == before  # nothing was queued
+    assert not at.exception
