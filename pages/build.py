@@ -113,7 +113,8 @@ def initial_load() -> None:
                  else None)
             return
         if "preset" in params:
-            load(get_preset(params["preset"]).spec, params["preset"])
+            name = params["preset"][:64]  # no preset name is longer; an error echoes only this
+            load(get_preset(name).spec, name)
             return
     except ConfigError as exc:
         state["build_url_error"] = f"The link's model could not be read: {md_escape(str(exc))}"
