@@ -405,7 +405,8 @@ def recorded_runs(store: RunStore, limit: int = 200) -> list[dict[str, Any]]:
 def start_recorded_run(manager: Any, label: str, spec: SpecBase, config: TrainConfig,
                        data: DataRef, dataset: ImageDataset, every: int | None = None,
                        min_every: int = MIN_EVERY, *, session: str | None = None,
-                       teacher: bool = False, allowance: int = 0) -> int:
+                       teacher: bool = False, allowance: int = 0,
+                       footprint: int | None = None) -> int:
     """Queue a run of ``spec`` whose worker records its BN statistics; returns the run id.
 
     ``every`` None chooses from the run's length and the model's channels (``choose_every``);
@@ -431,7 +432,8 @@ def start_recorded_run(manager: Any, label: str, spec: SpecBase, config: TrainCo
                           f"(e.g. auto) or train fewer epochs.")
     return manager.submit(f"{RECORDED_PREFIX}{label} · {dataset.name}", spec.to_dict(), config,
                           data, session=session, teacher=teacher,
-                          job={"recorder": {"every": every}}, allowance=allowance)
+                          job={"recorder": {"every": every}}, allowance=allowance,
+                          footprint=footprint)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,9 +9,11 @@ import streamlit as st
 import torch
 
 from explorer import bn, bn_charts, bn_lab
+from explorer.admission import head_for
 from explorer.bounded import parse_id
 from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
+from explorer.footprint import DataSizes
 from explorer.forms import md_escape
 from explorer.jobs import DataRef
 from explorer.models import validate
@@ -25,6 +27,7 @@ from pages.common import (
     get_manager,
     is_teacher,
     job_fragment_interval,
+    price_run,
     restore_widgets,
     save_widgets,
     use_app_navigation,
@@ -176,9 +179,15 @@ def start_recording() -> None:
         config = TrainConfig(lr=state["bn_lr"], batch_size=state["bn_batch"],
                              epochs=state["bn_epochs"], metrics_every=5)
         every = None if state["bn_every"] == "auto" else int(state["bn_every"])
-        job = bn_lab.start_recorded_run(get_manager(), label, spec, config, data_ref(),
-                                        chosen_dataset(), every=every, session=visitor(),
-                                        teacher=is_teacher())
+        data = chosen_dataset()
+        # The statistics are the point here: a head of another size is resized to the data's.
+        spec = head_for(spec, DataSizes.of(data), True)
+        price = price_run(spec, config, data_ref())
+        if price.refusal is not None:
+            raise price.refusal
+        job = bn_lab.start_recorded_run(get_manager(), label, spec, config, data_ref(), data,
+                                        every=every, session=visitor(), teacher=is_teacher(),
+                                        footprint=price.footprint.peak_bytes)
     except ConfigError as exc:
         state["bn_error"] = str(exc)
         return
