@@ -61,13 +61,9 @@ def fresh_server(tmp: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+def chromium(browser):
+    """The session's Chromium (conftest): Playwright's sync API allows one instance at a time."""
+    return browser
 
 
 def _settled(page, title: str) -> str:
