@@ -1,0 +1,130 @@
+"""A real PostgreSQL server for the run-store tests, started by the tests themselves.
+
+Debian's ``postgresql`` package (``make postgres``) provides the binaries. The server runs as an
+unprivileged user (PostgreSQL refuses root: as root the tests use the package's ``postgres``
+user) in a temporary directory, on a free port, with its unix socket in that directory, and
+stops when the session ends. Each test gets a fresh database. It never skips: without the
+binaries the tests fail with the command that installs them.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import sqlite3
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SUPERUSER = "explorer"
+_names = itertools.count(1)
+
+
+def _bin_dir() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
+                   key=lambda p: int(Path(p).parts[-3]))
+    if not found:
+        pytest.fail("PostgreSQL is not installed: run `make postgres` (Debian's postgresql "
+                    "package) before the run-store tests.")
+    return Path(found[-1]).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PostgresServer:
+    """A running server: the superuser URL of database ``name`` is ``url(name)``."""
+
+    socket_dir: str
+    port: int
+
+    def url(self, database: str = "postgres") -> str:
+        return (f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}"
+                f"&port={self.port}")
+
+    def admin(self, statement: str) -> None:
+        """Run one statement outside a transaction (CREATE/DROP DATABASE)."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(statement)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """initdb + pg_ctl start in a temporary directory; stopped at the end of the session."""
+    bin_dir = _bin_dir()
+    root = Path(tempfile.mkdtemp(prefix="explorer-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # postgres will not run as root
+        user = "postgres"
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            pytest.fail("the user 'postgres' is missing: reinstall Debian's postgresql package "
+                        "(`make postgres`).")
+        shutil.chown(root, user)
+        prefix = ["runuser", "-u", user, "--"]
+    data, log = root / "data", root / "server.log"
+    port = _free_port()
+
+    def run(*cmd: str) -> None:
+        done = subprocess.run([*prefix, *cmd], capture_output=True, text=True, cwd=root)
+        if done.returncode:
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            pytest.fail(f"{' '.join(cmd[:2])} failed: {done.stdout}{done.stderr}{tail}")
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
+        "--no-sync", "-E", "UTF8", "--locale=C")
+    # Durability settings off: a test server that dies loses nothing anyone needs.
+    options = (f"-p {port} -k {root} -c listen_addresses='127.0.0.1' -c fsync=off "
+               f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+    run(str(bin_dir / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-t", "60",
+        "-o", options)
+    try:
+        yield PostgresServer(str(root), port)
+    finally:
+        subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m",
+                        "immediate", "-w"], capture_output=True, cwd=root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's server, dropped after the test."""
+    name = f"t{os.getpid()}_{next(_names)}"
+    postgres_server.admin(f"CREATE DATABASE {name}")
+    yield postgres_server.url(name)
+    postgres_server.admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The run store's location on each back end: an SQLite file, or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runs.sqlite")
+    return request.getfixturevalue("postgres_url")
+
+
+def raw_sql(location: str, statement: str) -> list[tuple]:
+    """Run one statement with the plain driver, not the store's code (a second reader)."""
+    if location.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(location, autocommit=True) as conn:
+            cur = conn.execute(statement)
+            return cur.fetchall() if cur.description else []
+    with sqlite3.connect(location) as conn:
+        return conn.execute(statement).fetchall()
