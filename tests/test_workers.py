@@ -1,18 +1,20 @@
 """Runs in worker processes: the durable queue, stop, faults, isolation and ownership.
 
 One pool of one CPU worker serves the whole module (a worker takes seconds to import torch);
-each test uses its own visitor sessions, so the per-visitor limit never crosses tests.
+each test uses its own visitor sessions, so the per-visitor limit never crosses tests. The queue
+tests without workers run on SQLite and on PostgreSQL; one run trains end to end in a worker
+on a PostgreSQL store.
 """
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from pg_fixture import raw_sql
 
 from explorer.data import OFFLINE
 from explorer.errors import ConfigError
@@ -135,6 +137,28 @@ def test_queued_runs_survive_a_server_restart(tmp_path):
         pool.close()
 
 
+def test_a_worker_pool_on_a_postgresql_store_trains_a_run(postgres_url):
+    # A password in the URL (the test server trusts local users and ignores it) must reach
+    # neither the workers' command lines nor the messages.
+    url = postgres_url.replace("explorer@", "explorer:s3cret@", 1)
+    pool = WorkerPool(url, [Slot("cpu", 1)])
+    try:
+        with RunStore(url) as store:
+            assert store.backend == "postgresql" and "s3cret" not in store.display
+            job = JobManager(store).submit("on postgres", LENET.to_dict(), SHORT, DIGITS,
+                                           session="pg")
+            snap = JobManager(store).wait(job, timeout=180)
+            assert snap.status == "completed", snap.error
+            assert (snap.step, snap.total_steps, snap.device) == (8, 8, "cpu")  # max_steps=8
+        # Reported every 2 of the 8 steps: 4 step rows, read back with the plain driver.
+        assert raw_sql(postgres_url, f"SELECT step FROM metrics WHERE run_id = {job} "
+                                     "AND kind = 'step' ORDER BY step") == [(2,), (4,), (6,), (8,)]
+        for pid in pool.pids:
+            assert b"s3cret" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    finally:
+        pool.close()
+
+
 def test_a_run_of_a_closed_server_is_queued_again_once(tmp_path):
     path = tmp_path / "runs.sqlite"
     pool = WorkerPool(path, [Slot("cpu", 1)])
@@ -176,8 +200,8 @@ def test_a_hand_started_worker_that_dies_is_reaped_with_its_metrics(tmp_path):
 
 # ---- the queue, without workers -----------------------------------------------------------------
 @pytest.fixture
-def idle(tmp_path):
-    store = RunStore(tmp_path / "idle.sqlite")
+def idle(store_url):
+    store = RunStore(store_url)
     yield JobManager(store, ["cpu"], max_active=1)
     store.close()
 
@@ -256,19 +280,18 @@ print(" ".join(map(str, got)))
 """
 
 
-def test_claims_from_four_processes_at_once_take_every_run_exactly_once(tmp_path):
-    path = tmp_path / "claims.sqlite"
-    with RunStore(path) as store:
+def test_claims_from_four_processes_at_once_take_every_run_exactly_once(store_url):
+    with RunStore(store_url) as store:
         ids = [store.create_run(f"r{i}", {"family": "lenet"}, {}, job=DIGITS.to_job())
                for i in range(200)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(path), f"w{k}"], env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, store_url, f"w{k}"], env=env,
                               stdout=subprocess.PIPE, text=True) for k in range(4)]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     claimed = [int(i) for out in outs for i in out]
     assert sorted(claimed) == ids  # none lost, none twice
-    with sqlite3.connect(path) as conn:  # a second reader, not the store's own code
-        rows = conn.execute("SELECT worker, COUNT(*) FROM runs GROUP BY worker").fetchall()
+    # A second reader through the plain driver, not the store's own code.
+    rows = raw_sql(store_url, "SELECT worker, COUNT(*) FROM runs GROUP BY worker")
     assert {w: n for w, n in rows} == {f"w{k}": len(o) for k, o in enumerate(outs) if o}
 
 
