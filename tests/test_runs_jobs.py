@@ -240,3 +240,31 @@ def test_a_store_of_the_thread_era_opens_migrated_with_its_runs(store_url):
         assert raw_sql(store_url, "PRAGMA user_version") == [(2,)]
         columns = {r[1] for r in raw_sql(store_url, "PRAGMA table_info(runs)")}
     assert {"session", "job", "worker", "heartbeat", "stop_requested"} <= columns
+
+
+# ---- the location of a PostgreSQL store ---------------------------------------------------------
+def test_a_store_url_is_shown_without_its_password():
+    from explorer.db import is_url, mask
+
+    assert mask("postgresql://ann:pa:ss@db.example:5432/runs") == \
+        "postgresql://ann:***@db.example:5432/runs"
+    assert mask("postgres://ann@db/runs?password=pass&sslmode=require") == \
+        "postgres://ann@db/runs?password=***&sslmode=require"
+    assert mask("postgresql://db/runs") == "postgresql://db/runs"
+    assert mask("/srv/runs.sqlite") == "/srv/runs.sqlite"
+    assert is_url("postgresql://db/runs") and not is_url("postgresql.sqlite")
+
+
+def test_an_unreachable_postgresql_store_is_a_sentence_without_the_password(monkeypatch):
+    import socket
+
+    import explorer.db
+
+    monkeypatch.setattr(explorer.db, "CONNECT_TIMEOUT_S", 1.0)
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match="cannot be reached") as caught:
+        RunStore(f"postgresql://ann:s3cret@127.0.0.1:{port}/runs?connect_timeout=1")
+    assert "s3cret" not in str(caught.value)
+    assert f"postgresql://ann:***@127.0.0.1:{port}/runs" in str(caught.value)
