@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,8 @@ def _bin_dir() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"),
                    key=lambda p: int(Path(p).parts[-3]))
     if not found:
-        pytest.fail("PostgreSQL is not installed: run `make postgres` (Debian's postgresql "
-                    "package) before the run-store tests.")
+        raise RuntimeError("PostgreSQL is not installed: run `make postgres` (Debian's "
+                           "postgresql package) before the run-store tests.")
     return Path(found[-1]).parent
 
 
@@ -62,21 +63,25 @@ class PostgresServer:
             conn.execute(statement)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """initdb + pg_ctl start in a temporary directory; stopped at the end of the session."""
+@contextmanager
+def start_postgres(durable: bool = False) -> Iterator[PostgresServer]:
+    """initdb + pg_ctl start in a temporary directory, stopped and removed at the end.
+
+    Args:
+        durable: keep PostgreSQL's default fsync and synchronous commits (a benchmark); the
+            tests turn them off, since a test server that dies loses nothing anyone needs.
+    """
     bin_dir = _bin_dir()
     root = Path(tempfile.mkdtemp(prefix="explorer-pg-"))
     prefix: list[str] = []
-    if os.geteuid() == 0:  # postgres will not run as root
-        user = "postgres"
+    if os.geteuid() == 0:  # postgres will not run as root: use the package's own user
         try:
-            pwd.getpwnam(user)
+            pwd.getpwnam("postgres")
         except KeyError:
-            pytest.fail("the user 'postgres' is missing: reinstall Debian's postgresql package "
-                        "(`make postgres`).")
-        shutil.chown(root, user)
-        prefix = ["runuser", "-u", user, "--"]
+            raise RuntimeError("the user 'postgres' is missing: reinstall Debian's postgresql "
+                               "package (`make postgres`).") from None
+        shutil.chown(root, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
     data, log = root / "data", root / "server.log"
     port = _free_port()
 
@@ -84,21 +89,33 @@ def postgres_server() -> Iterator[PostgresServer]:
         done = subprocess.run([*prefix, *cmd], capture_output=True, text=True, cwd=root)
         if done.returncode:
             tail = log.read_text()[-2000:] if log.exists() else ""
-            pytest.fail(f"{' '.join(cmd[:2])} failed: {done.stdout}{done.stderr}{tail}")
+            raise RuntimeError(f"{Path(cmd[0]).name} failed: {done.stdout}{done.stderr}{tail}")
 
-    run(str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
-        "--no-sync", "-E", "UTF8", "--locale=C")
-    # Durability settings off: a test server that dies loses nothing anyone needs.
-    options = (f"-p {port} -k {root} -c listen_addresses='127.0.0.1' -c fsync=off "
-               f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-    run(str(bin_dir / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-t", "60",
-        "-o", options)
     try:
+        run(str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
+            "--no-sync", "-E", "UTF8", "--locale=C")
+        options = (f"-p {port} -k {root} -c listen_addresses='127.0.0.1' "
+                   "-c max_connections=200")
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        run(str(bin_dir / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-t",
+            "60", "-o", options)
         yield PostgresServer(str(root), port)
     finally:
-        subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m",
-                        "immediate", "-w"], capture_output=True, cwd=root)
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m",
+                            "immediate", "-w"], capture_output=True, cwd=root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One server for the whole session, started on first use (never skipped)."""
+    try:
+        with start_postgres() as server:
+            yield server
+    except RuntimeError as exc:  # not installed, or it would not start: a failure, not a skip
+        pytest.fail(str(exc))
 
 
 @pytest.fixture
