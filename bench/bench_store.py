@@ -3,7 +3,10 @@
 Prints one JSON object per back end and number of processes. A *claim* is what a worker does to
 take a queued run (``RunStore.claim``: one guarded UPDATE); a *report* is what a training run
 does at every reported step (``RunStore.add_metrics`` with one row, one committed transaction).
-Claims: ``--claims`` queued runs are taken by 1 or 4 processes at once until none is left.
+Claims: ``--claims`` queued runs are taken by 1 or 4 processes at once until none is left; each
+process finishes the run it took before it claims the next (as a worker does, so that only as
+many runs are running as there are processes: the claim's fair order counts running runs).
+``claims_per_s`` counts claim + finish cycles; ``claim_ms_*`` time the claim alone.
 Reports: each of 1 or 4 processes writes ``--rows`` metric rows to its own run. Every process
 opens its own store and waits at a barrier, so imports are not timed; the rate is the work
 divided by the time from the first start to the last finish.
@@ -56,6 +59,7 @@ def _work(location: str, kind: str, k: int, rows: int, run_id: int | None,
             latencies.append(time.perf_counter() - t)
             if run is None:
                 break
+            store.finish(run["id"], f"bench-{k}", "completed")
             done += 1
     else:
         for step in range(1, rows + 1):

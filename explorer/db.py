@@ -103,7 +103,10 @@ class Tx:
     def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         """One statement for each of ``rows``."""
         cur = self._conn.cursor()
-        cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+        try:
+            cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+        finally:
+            cur.close()
 
 
 class Database(ABC):
@@ -239,15 +242,3 @@ def open_database(location: str) -> Database:
     """The back end for ``location``: a ``postgresql://`` URL or an SQLite file path."""
     return PostgresDatabase(location) if is_url(location) else SQLiteDatabase(location)
 
-
-def database_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions either back end raises for a failed statement (e.g. a run deleted
-    meanwhile by another server)."""
-    errors: list[type[BaseException]] = [sqlite3.Error]
-    try:
-        import psycopg
-
-        errors.append(psycopg.Error)
-    except ImportError:  # psycopg is only needed for a PostgreSQL store
-        pass
-    return tuple(errors)

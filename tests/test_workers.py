@@ -321,3 +321,33 @@ def test_a_worker_beat_thread_is_not_needed_to_read_a_snapshot(idle):
     snap = idle.get(job)
     assert (snap.status, snap.step, snap.total_steps, snap.device) == ("running", 2, 10, "cpu")
     assert snap.step_metrics[0]["loss"] == 2.0 and snap.queue_position is None
+
+
+def test_runs_without_a_session_count_as_one_visitor_in_the_queue(idle):
+    """Null-safe equality: runs queued without a session (CLI, imports) share one turn."""
+    cli = [idle.store.create_run(f"cli {i}", LENET.to_dict(), SHORT, job=DIGITS.to_job())
+           for i in range(2)]
+    student = submit(idle, "student", session="student")
+    assert idle.store.claim("w1", "cpu", "cpu")["id"] == cli[0]
+    # A session-less run now trains and the student has none: the student's run goes first.
+    assert [idle.queue_position(i) for i in (student, cli[1])] == [1, 2]
+    assert idle.store.claim("w2", "cpu", "cpu")["id"] == student
+
+
+def test_a_claim_on_postgresql_skips_a_run_another_server_is_claiming(postgres_url):
+    import threading
+
+    import psycopg
+
+    with RunStore(postgres_url) as store:
+        first, second = (store.create_run(f"r{i}", LENET.to_dict(), SHORT, job=DIGITS.to_job())
+                         for i in range(2))
+        got = []
+        with psycopg.connect(postgres_url) as other:  # another server, in the middle of a claim
+            other.execute(f"SELECT id FROM runs WHERE id = {first} FOR UPDATE")
+            claimer = threading.Thread(target=lambda: got.append(store.claim("w", "cpu", "cpu")),
+                                       daemon=True)
+            claimer.start()
+            claimer.join(30)
+            assert got and got[0]["id"] == second  # taken at once, not after waiting
+        assert store.claim("w", "cpu", "cpu")["id"] == first  # free again once the lock ends
