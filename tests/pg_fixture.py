@@ -50,6 +50,8 @@ class PostgresServer:
 
     socket_dir: str
     port: int
+    pg_ctl: list[str]  # the pg_ctl command as the server's user, with its data directory
+    log: str
 
     def url(self, database: str = "postgres") -> str:
         return (f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}"
@@ -61,6 +63,11 @@ class PostgresServer:
 
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(statement)
+
+    def restart(self) -> None:
+        """Restart the server (every open connection breaks)."""
+        subprocess.run([*self.pg_ctl, "restart", "-m", "fast", "-w", "-l", self.log],
+                       check=True, capture_output=True)
 
 
 @contextmanager
@@ -100,7 +107,8 @@ def start_postgres(durable: bool = False) -> Iterator[PostgresServer]:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         run(str(bin_dir / "pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-t",
             "60", "-o", options)
-        yield PostgresServer(str(root), port)
+        yield PostgresServer(str(root), port,
+                             [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data)], str(log))
     finally:
         if (data / "postmaster.pid").exists():
             subprocess.run([*prefix, str(bin_dir / "pg_ctl"), "stop", "-D", str(data), "-m",

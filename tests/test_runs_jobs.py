@@ -268,3 +268,16 @@ def test_an_unreachable_postgresql_store_is_a_sentence_without_the_password(monk
         RunStore(f"postgresql://ann:s3cret@127.0.0.1:{port}/runs?connect_timeout=1")
     assert "s3cret" not in str(caught.value)
     assert f"postgresql://ann:***@127.0.0.1:{port}/runs" in str(caught.value)
+
+
+def test_a_postgresql_store_carries_on_after_the_server_restarts():
+    from pg_fixture import start_postgres
+
+    with start_postgres() as server:  # its own server: the session's is not restarted
+        server.admin("CREATE DATABASE restarts")
+        with RunStore(server.url("restarts")) as store:
+            run_id = store.create_run("before", SPEC, CFG, job={"dataset": "offline-mnist"})
+            server.restart()  # the pooled connection is now broken
+            # The pool replaces it before handing it out: the next call works, nothing lost.
+            assert store.get_run(run_id)["status"] == "queued"
+            assert store.claim("w", "cpu", "cpu")["id"] == run_id
