@@ -13,7 +13,11 @@ divided by the time from the first start to the last finish.
 
 SQLite is a file in a temporary directory (WAL, synchronous=NORMAL: the store's settings).
 PostgreSQL is a server that this script starts from Debian's package (as ``make test`` does,
-see tests/pg_fixture.py) with its default, durable settings, or the one at ``--postgres URL``.
+see tests/pg_fixture.py) with its default, durable settings (each commit waits for its WAL to
+reach the disk), or the one at ``--postgres URL``. ``postgresql-async`` is the same server with
+``synchronous_commit=off`` set in the URL (``options=-csynchronous_commit%3Doff``): a commit no
+longer waits for the disk, and a crash of the server or machine may lose the last fraction of a
+second of reports, as a power cut may with SQLite's synchronous=NORMAL.
 Timings are figures, never pass/fail.
 
 Usage: python bench/bench_store.py [--claims 400] [--rows 300] [--postgres URL]
@@ -100,6 +104,11 @@ def _measure(location: str, kind: str, procs: int, claims: int, rows: int) -> di
             f"{one}_ms_p95": round(1000 * statistics.quantiles(latencies, n=20)[-1], 3)}
 
 
+def _asynchronous(url: str) -> str:
+    """``url`` with synchronous_commit=off for its connections (the server is unchanged)."""
+    return url + ("&" if "?" in url else "?") + "options=-csynchronous_commit%3Doff"
+
+
 @contextlib.contextmanager
 def _locations(postgres: str | None) -> Iterator[dict]:
     """Factories of fresh stores: SQLite files, PostgreSQL databases."""
@@ -107,7 +116,8 @@ def _locations(postgres: str | None) -> Iterator[dict]:
     names = iter(range(1, 1000))
     sqlite = lambda: str(tmp / f"runs{next(names)}.sqlite")  # noqa: E731
     if postgres:
-        yield {"sqlite": sqlite, "postgresql": lambda: postgres}
+        yield {"sqlite": sqlite, "postgresql": lambda: postgres,
+               "postgresql-async": lambda: _asynchronous(postgres)}
         return
     from pg_fixture import start_postgres
 
@@ -116,7 +126,8 @@ def _locations(postgres: str | None) -> Iterator[dict]:
             name = f"bench{next(names)}"
             server.admin(f"CREATE DATABASE {name}")
             return server.url(name)
-        yield {"sqlite": sqlite, "postgresql": fresh}
+        yield {"sqlite": sqlite, "postgresql": fresh,
+               "postgresql-async": lambda: _asynchronous(fresh())}
 
 
 def main() -> None:
