@@ -137,7 +137,8 @@ def test_queued_runs_survive_a_server_restart(tmp_path):
         pool.close()
 
 
-def test_a_worker_pool_on_a_postgresql_store_trains_a_run(postgres_url):
+def test_on_a_postgresql_store_a_worker_trains_a_run_and_another_server_stops_one(
+        postgres_url):
     # A password in the URL (the test server trusts local users and ignores it) must reach
     # neither the workers' command lines nor the messages.
     url = postgres_url.replace("explorer@", "explorer:s3cret@", 1)
@@ -155,8 +156,33 @@ def test_a_worker_pool_on_a_postgresql_store_trains_a_run(postgres_url):
                                      "AND kind = 'step' ORDER BY step") == [(2,), (4,), (6,), (8,)]
         for pid in pool.pids:
             assert b"s3cret" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        # A second app process on the same database sees a run of this one live and stops it.
+        with RunStore(url) as store:
+            manager = JobManager(store)
+            long = manager.submit("watched elsewhere", LENET.to_dict(), FOREVER, DIGITS,
+                                  session="first server")
+            until(lambda: manager.get(long).step >= 2, what="the long run's first steps")
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            seen = subprocess.run([sys.executable, "-c", SECOND_SERVER, url, str(long)], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert seen.returncode == 0, seen.stderr
+            status, step = seen.stdout.split()
+            assert status == "running" and int(step) >= 2  # the live progress, read there
+            assert manager.wait(long, timeout=30).status == "stopped"
     finally:
         pool.close()
+
+
+SECOND_SERVER = """
+import sys
+from explorer.jobs import JobManager
+from explorer.runs import RunStore
+store = RunStore(sys.argv[1])
+manager, run = JobManager(store), int(sys.argv[2])
+snap = manager.get(run)
+print(snap.status, snap.step)
+assert manager.stop(run, "first server", teacher=False)  # the owner, from another server
+"""
 
 
 def test_a_run_of_a_closed_server_is_queued_again_once(tmp_path):
