@@ -72,7 +72,8 @@ class WorkerPool:
     """Start, watch and restart the worker processes of one server.
 
     Args:
-        db: the run store's file (every worker opens its own connection).
+        db: the run store, an SQLite file or a ``postgresql://`` URL (every worker opens its
+            own connection).
         slots: the workers to run (``default_slots()``).
     """
 
@@ -93,12 +94,14 @@ class WorkerPool:
 
     def _spawn(self, slot: Slot) -> _Process:
         ident = f"{socket.gethostname()}:pool{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        cmd = [sys.executable, "-m", "explorer", "worker", "--db", self.db, "--device",
-               slot.device, "--id", ident, "--parent", str(os.getpid())]
+        # The store goes in the environment, not the command line, where `ps` would show a
+        # PostgreSQL URL's password to every user of the machine.
+        cmd = [sys.executable, "-m", "explorer", "worker", "--device", slot.device, "--id",
+               ident, "--parent", str(os.getpid())]
         if slot.threads:
             cmd += ["--threads", str(slot.threads)]
         root = Path(__file__).resolve().parent.parent
-        env = os.environ | {"PYTHONPATH": os.pathsep.join(
+        env = os.environ | {"EXPLORER_RUNS_DB": self.db, "PYTHONPATH": os.pathsep.join(
             p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
         return _Process(slot, subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL), ident)
 

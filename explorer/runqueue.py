@@ -2,7 +2,10 @@
 
 Every change of a run's state is one SQL statement guarded by the state it expects, so two
 workers (or a worker and a page) can never both win: a claim takes a queued run only while it is
-still queued, a finish only lands while the run is still this worker's and running.
+still queued, a finish only lands while the run is still this worker's and running. On SQLite
+one statement holds the file's only write lock; on PostgreSQL the claim's subquery locks the row
+it picks (``FOR UPDATE SKIP LOCKED``), so claims from many machines neither collide nor wait
+for each other.
 
 Claim order is class-fair: the next run is the oldest one of the session with the fewest runs
 training, so one visitor's queued runs cannot hold the whole class back.
@@ -25,8 +28,8 @@ WORKER_DIED = ("the worker process training this run ended unexpectedly ({why});
 REQUEUED = "its worker stopped ({why}); it was queued again and will start from the beginning."
 
 # The queued runs in the order workers take them (see the module docstring).
-_ORDER = ("(SELECT COUNT(*) FROM runs r WHERE r.status = 'running' AND r.session IS q.session), "
-          "q.id")
+_ORDER = ("(SELECT COUNT(*) FROM runs r WHERE r.status = 'running' "
+          "AND r.session IS NOT DISTINCT FROM q.session), q.id")
 
 
 def local_worker_gone(worker: str) -> bool:
@@ -46,10 +49,9 @@ def local_worker_gone(worker: str) -> bool:
 
 
 class QueueOps:
-    """Queue operations of ``RunStore`` (it provides ``_conn``, ``_lock`` and ``_require``)."""
+    """Queue operations of ``RunStore`` (it provides ``_db``, ``_require`` and ``_run_dict``)."""
 
-    _conn: Any
-    _lock: Any
+    _db: Any
 
     def claim(self, worker: str, device: str, device_type: str,
               max_footprint: int | None = None) -> dict[str, Any] | None:
@@ -63,14 +65,14 @@ class QueueOps:
         """
         now = time.time()
         limit = -1 if max_footprint is None else int(max_footprint)
-        with self._lock, self._conn:
-            row = self._conn.execute(
+        with self._db.tx() as tx:
+            row = tx.one(
                 "UPDATE runs SET status = 'running', worker = ?, device = ?, started_at = ?, "
                 "heartbeat = ?, attempts = attempts + 1, error = NULL WHERE id = ("
                 "SELECT q.id FROM runs q WHERE q.status = 'queued' AND q.job IS NOT NULL "
                 "AND q.wants IN ('auto', ?) AND (? < 0 OR q.footprint IS NULL OR q.footprint <= ?) "
-                f"ORDER BY {_ORDER} LIMIT 1) AND status = 'queued' RETURNING id, job",
-                (worker, device, now, now, device_type, limit, limit)).fetchone()
+                f"ORDER BY {_ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED) AND status = 'queued' "
+                "RETURNING id, job", (worker, device, now, now, device_type, limit, limit))
         if row is None:
             return None
         run = self.get_run(int(row["id"]))  # type: ignore[attr-defined]
@@ -80,70 +82,64 @@ class QueueOps:
     def beat(self, run_id: int, worker: str) -> bool:
         """Record that ``worker`` is alive and training ``run_id``; True when the run must stop
         (a stop was asked for, or the run is no longer this worker's: deleted or reaped)."""
-        with self._lock, self._conn:
-            cur = self._conn.execute(
+        with self._db.tx() as tx:
+            row = tx.one(
                 "UPDATE runs SET heartbeat = ? WHERE id = ? AND worker = ? AND status = 'running' "
                 "RETURNING stop_requested", (time.time(), run_id, worker))
-            row = cur.fetchone()
-        return row is None or row[0] is not None
+        return row is None or row["stop_requested"] is not None
 
     def stop_wanted(self, run_id: int, worker: str) -> bool:
         """True when ``worker``'s run must stop (a cheap read; ``beat`` also writes)."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT stop_requested FROM runs WHERE id = ? AND worker = ? "
-                "AND status = 'running'", (run_id, worker)).fetchone()
-        return row is None or row[0] is not None
+        with self._db.tx() as tx:
+            row = tx.one("SELECT stop_requested FROM runs WHERE id = ? AND worker = ? "
+                         "AND status = 'running'", (run_id, worker))
+        return row is None or row["stop_requested"] is not None
 
     def request_stop(self, run_id: int) -> str:
         """Ask a run to stop: "stopped" (it was queued and is now), "stopping" (a worker ends it
         within a second) or "done" (it had already finished)."""
         now = time.time()
-        with self._lock, self._conn:
-            self._require(run_id)  # type: ignore[attr-defined]
-            if self._conn.execute(
-                    "UPDATE runs SET status = 'stopped', stop_requested = ?, finished_at = ? "
-                    "WHERE id = ? AND status = 'queued'", (now, now, run_id)).rowcount:
+        with self._db.tx() as tx:
+            self._require(tx, run_id)  # type: ignore[attr-defined]
+            if tx.count("UPDATE runs SET status = 'stopped', stop_requested = ?, finished_at = ? "
+                        "WHERE id = ? AND status = 'queued'", (now, now, run_id)):
                 return "stopped"
-            if self._conn.execute(
-                    "UPDATE runs SET stop_requested = COALESCE(stop_requested, ?) "
-                    "WHERE id = ? AND status = 'running'", (now, run_id)).rowcount:
+            if tx.count("UPDATE runs SET stop_requested = COALESCE(stop_requested, ?) "
+                        "WHERE id = ? AND status = 'running'", (now, run_id)):
                 return "stopping"
         return "done"
 
     def set_total_steps(self, run_id: int, total: int) -> None:
         """The number of optimizer steps the run will take (known once training starts)."""
-        with self._lock, self._conn:
-            self._conn.execute("UPDATE runs SET total_steps = ? WHERE id = ?", (int(total), run_id))
+        with self._db.tx() as tx:
+            tx.execute("UPDATE runs SET total_steps = ? WHERE id = ?", (int(total), run_id))
 
     def finish(self, run_id: int, worker: str, status: str, error: str | None = None) -> bool:
         """Record a final status, only while the run is still ``worker``'s and running."""
-        with self._lock, self._conn:
-            return bool(self._conn.execute(
-                "UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE id = ? "
-                "AND worker = ? AND status = 'running'",
-                (status, error, time.time(), run_id, worker)).rowcount)
+        with self._db.tx() as tx:
+            return bool(tx.count("UPDATE runs SET status = ?, error = ?, finished_at = ? "
+                                 "WHERE id = ? AND worker = ? AND status = 'running'",
+                                 (status, error, time.time(), run_id, worker)))
 
     def settle_worker(self, worker: str, why: str, hint: str = "",
                       requeue: bool = False) -> list[int]:
         """Settle the runs a dead worker left running: failed with a sentence, or (``requeue``,
         for a machine that went away) queued again once. Returns their ids."""
         now = time.time()
-        with self._lock, self._conn:
-            rows = self._conn.execute(
-                "SELECT id, attempts FROM runs WHERE worker = ? AND status = 'running'",
-                (worker,)).fetchall()
+        with self._db.tx() as tx:
+            rows = tx.all("SELECT id, attempts FROM runs WHERE worker = ? AND status = 'running'",
+                          (worker,))
             for row in rows:
                 if requeue and row["attempts"] < MAX_ATTEMPTS:
-                    self._conn.execute("DELETE FROM metrics WHERE run_id = ?", (row["id"],))
-                    self._conn.execute("DELETE FROM artifacts WHERE run_id = ?", (row["id"],))
-                    self._conn.execute(
+                    tx.execute("DELETE FROM metrics WHERE run_id = ?", (row["id"],))
+                    tx.execute("DELETE FROM artifacts WHERE run_id = ?", (row["id"],))
+                    tx.execute(
                         "UPDATE runs SET status = 'queued', worker = NULL, device = NULL, "
                         "started_at = NULL, heartbeat = NULL, total_steps = NULL, error = ? "
                         "WHERE id = ? AND status = 'running'",
                         (REQUEUED.format(why=why), row["id"]))
                 else:
-                    self._conn.execute(
+                    tx.execute(
                         "UPDATE runs SET status = 'failed', error = ?, finished_at = ? "
                         "WHERE id = ? AND status = 'running'",
                         (WORKER_DIED.format(why=why, hint=hint).strip(), now, row["id"]))
@@ -154,10 +150,9 @@ class QueueOps:
         """Settle running runs whose worker is gone: ``dead(worker)`` says so, or it has not
         beaten for ``stale_s`` seconds (its machine may be gone: queued again once)."""
         cutoff = time.time() - stale_s
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT DISTINCT worker, heartbeat < ? AS stale FROM runs "
-                "WHERE status = 'running' AND worker IS NOT NULL", (cutoff,)).fetchall()
+        with self._db.tx() as tx:
+            rows = tx.all("SELECT DISTINCT worker, heartbeat < ? AS stale FROM runs "
+                          "WHERE status = 'running' AND worker IS NOT NULL", (cutoff,))
         settled: list[int] = []
         for row in rows:
             if dead(row["worker"]):
@@ -169,8 +164,8 @@ class QueueOps:
 
     def queue_position(self, run_id: int) -> int | None:
         """1 for the run workers take next, 2 for the one after...; None unless queued."""
-        with self._lock:
-            ids = [r[0] for r in self._conn.execute(
+        with self._db.tx() as tx:
+            ids = [r["id"] for r in tx.all(
                 f"SELECT q.id FROM runs q WHERE q.status = 'queued' ORDER BY {_ORDER}")]
         return ids.index(run_id) + 1 if run_id in ids else None
 
@@ -180,6 +175,6 @@ class QueueOps:
         args: tuple[Any, ...] = ()
         if session is not None:
             sql, args = sql + " AND session = ?", (session,)
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        with self._db.tx() as tx:
+            rows = tx.all(sql + " ORDER BY id", args)
         return [self._run_dict(r) for r in rows]  # type: ignore[attr-defined]

@@ -1,9 +1,11 @@
-"""The run store: training runs, their configs, status and metrics in one SQLite file.
+"""The run store: training runs, their configs, status and metrics in one database.
 
-SQLite in WAL mode lets a page read while a worker writes; every write batch is its own
-transaction, so a killed process loses nothing already written. The store is also the durable
-queue of the worker processes (``explorer.runqueue``): a queued run is a row that a worker
-claims, so it survives a restart of the server.
+The database is an SQLite file (the default, one machine) or a PostgreSQL server
+(``postgresql://`` URL: several app servers and machines share the runs); ``explorer.db`` holds
+what differs between the two. Every write batch is its own transaction, so a killed process
+loses nothing already written. The store is also the durable queue of the worker processes
+(``explorer.runqueue``): a queued run is a row that a worker claims, so it survives a restart of
+the server.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import sqlite3
-import threading
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from explorer.bounded import shown
+from explorer.db import Tx, mask, open_database
 from explorer.errors import ConfigError
 from explorer.runqueue import QueueOps
 
@@ -82,11 +84,12 @@ _owner_cache: tuple[int, str] | None = None
 
 
 def process_owner() -> str:
-    """This process's owner tag: pid plus a random token (pids are reused after restarts)."""
+    """This process's owner tag: pid, a random token (pids are reused after restarts) and the
+    host (a store on PostgreSQL is shared by several machines)."""
     global _owner_cache
     pid = os.getpid()
     if _owner_cache is None or _owner_cache[0] != pid:  # a forked child gets its own token
-        _owner_cache = (pid, f"{pid}:{uuid.uuid4().hex}")
+        _owner_cache = (pid, f"{pid}:{uuid.uuid4().hex}@{socket.gethostname()}")
     return _owner_cache[1]
 
 
@@ -100,9 +103,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def default_store_path() -> Path:
-    """The store file: $EXPLORER_RUNS_DB when set, else ./runs.sqlite."""
-    return Path(os.environ.get("EXPLORER_RUNS_DB") or "runs.sqlite")
+def default_store_path() -> str:
+    """The store: $EXPLORER_RUNS_DB when set (an SQLite file or a ``postgresql://`` URL), else
+    ./runs.sqlite."""
+    return os.environ.get("EXPLORER_RUNS_DB") or "runs.sqlite"
 
 
 def _json(value: Any, what: str) -> str:
@@ -123,66 +127,75 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 class RunStore(QueueOps):
-    """A thread-safe handle on the SQLite run store (one connection guarded by a lock)."""
+    """A thread-safe handle on the run store (``explorer.db``: SQLite or PostgreSQL).
+
+    Args:
+        path: an SQLite file or a ``postgresql://`` URL (default: ``default_store_path()``);
+            kept as ``self.path``, a string that worker processes open again.
+    """
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else default_store_path()
-        if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
-        self._conn.row_factory = sqlite3.Row
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode loses nothing when the process dies, only on power loss.
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            with self._conn:
-                self._conn.executescript(_SCHEMA)
-                self._migrate()
+        self.path = str(path) if path is not None else default_store_path()
+        self._db = open_database(self.path)
+        try:
+            with self._db.tx() as tx:
+                self._db.script(tx, _SCHEMA)
+                self._migrate(tx)
             self._recover()
+        except BaseException:
+            self._db.close()
+            raise
 
-    def _migrate(self) -> None:
-        """Bring an older file up to SCHEMA_VERSION (caller holds a transaction)."""
-        if self._conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+    @property
+    def display(self) -> str:
+        """The location for messages and logs, without a password."""
+        return mask(self.path)
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.kind
+
+    def _migrate(self, tx: Tx) -> None:
+        """Bring an older store up to SCHEMA_VERSION (in the caller's transaction)."""
+        if self._db.version(tx) >= SCHEMA_VERSION:
             return
-        have = {r["name"] for r in self._conn.execute("PRAGMA table_info(runs)")}
+        have = self._db.columns(tx, "runs")
         for name, kind in _COLUMNS_V2.items():
             if name not in have:
-                self._conn.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-        self._conn.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, id)")
-        self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                tx.execute(self._db.ddl(f"ALTER TABLE runs ADD COLUMN {name} {kind}"))
+        tx.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, id)")
+        self._db.set_version(tx, SCHEMA_VERSION)
 
     def _recover(self) -> None:
         """Mark runs that no worker can carry on as interrupted.
 
         Runs queued as jobs (with a ``job``) stay queued: a worker claims them after a restart.
-        Runs of the thread-era store (no ``job``) whose process is gone cannot be run again; a
-        claimed run whose worker died is the worker pool's to settle (``reap``).
+        Runs of the thread-era store (no ``job``) whose process on this machine is gone cannot
+        be run again; a claimed run whose worker died is the worker pool's to settle (``reap``).
         """
-        me = process_owner()
-        rows = self._conn.execute(
-            "SELECT id, owner FROM runs WHERE status IN ('queued', 'running') AND job IS NULL "
-            "AND worker IS NULL").fetchall()
+        me, host = process_owner(), socket.gethostname()
+        with self._db.tx() as tx:
+            rows = tx.all("SELECT id, owner FROM runs WHERE status IN ('queued', 'running') "
+                          "AND job IS NULL AND worker IS NULL")
         dead = []
         for row in rows:
             owner = row["owner"] or ""
             pid_text = owner.split(":", 1)[0]
-            if owner == me:
-                continue
+            if owner == me or ("@" in owner and owner.rsplit("@", 1)[1] != host):
+                continue  # this process's, or another machine's: not ours to judge
             if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
                 continue
             dead.append(row["id"])
         if dead:
-            with self._conn:
-                self._conn.executemany(
-                    "UPDATE runs SET status='interrupted', error=?, finished_at=? WHERE id=?",
-                    [(INTERRUPTED_MESSAGE, time.time(), i) for i in dead])
+            with self._db.tx() as tx:
+                tx.many("UPDATE runs SET status='interrupted', error=?, finished_at=? "
+                        "WHERE id=? AND status IN ('queued', 'running')",
+                        [(INTERRUPTED_MESSAGE, time.time(), i) for i in dead])
 
     def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._conn.close()
+        """Close the connection(s)."""
+        self._db.close()
 
     def __enter__(self) -> RunStore:
         return self
@@ -210,33 +223,32 @@ class RunStore(QueueOps):
         config_text = _json(config, "the training config")
         job_text = None if job is None else _json(dict(job), "the job")
         now = time.time()
-        with self._lock, self._conn:
-            cur = self._conn.execute(
+        with self._db.tx() as tx:
+            row = tx.one(
                 "INSERT INTO runs (name, spec, config, status, created_at, started_at, "
                 "finished_at, owner, session, job, wants, footprint) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (name.strip(), spec_text, config_text, status, now,
                  now if status == "running" else None,
                  now if status in FINAL else None, process_owner(), session, job_text,
                  str(config.get("device", "auto")), footprint))
-            return int(cur.lastrowid)
+            return int(row["id"])
 
     def set_status(self, run_id: int, status: str, error: str | None = None) -> None:
         """Move a run to ``status``; running stamps started_at, a final status finished_at."""
         if status not in STATUSES:
             raise ConfigError(f"status must be one of {', '.join(STATUSES)}, got {status!r}.")
         now = time.time()
-        with self._lock, self._conn:
-            self._require(run_id)
+        with self._db.tx() as tx:
+            self._require(tx, run_id)
             if status == "running":
-                self._conn.execute("UPDATE runs SET status=?, error=?, started_at=?, owner=? "
-                                   "WHERE id=?", (status, error, now, process_owner(), run_id))
+                tx.execute("UPDATE runs SET status=?, error=?, started_at=?, owner=? WHERE id=?",
+                           (status, error, now, process_owner(), run_id))
             elif status in FINAL:
-                self._conn.execute("UPDATE runs SET status=?, error=?, finished_at=? WHERE id=?",
-                                   (status, error, now, run_id))
+                tx.execute("UPDATE runs SET status=?, error=?, finished_at=? WHERE id=?",
+                           (status, error, now, run_id))
             else:
-                self._conn.execute("UPDATE runs SET status=?, error=? WHERE id=?",
-                                   (status, error, run_id))
+                tx.execute("UPDATE runs SET status=?, error=? WHERE id=?", (status, error, run_id))
 
     def add_metrics(self, run_id: int, kind: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """Append metric rows (dicts with step, epoch and values) in one committed transaction."""
@@ -251,19 +263,19 @@ class RunStore(QueueOps):
                             json.dumps(values, sort_keys=True)))
         if not records:
             return
-        with self._lock, self._conn:
-            self._conn.executemany(
+        with self._db.tx() as tx:
+            tx.many(
                 "INSERT INTO metrics (run_id, kind, step, epoch, data) VALUES (?, ?, ?, ?, ?)",
                 records)
 
     def delete_run(self, run_id: int) -> None:
         """Delete a finished run and its metrics."""
-        with self._lock, self._conn:
-            row = self._require(run_id)
+        with self._db.tx() as tx:
+            row = self._require(tx, run_id)
             if row["status"] in LIVE:
                 raise ConfigError(f"run {run_id} is still {row['status']}; stop it before "
                                   f"deleting it.")
-            self._conn.execute("DELETE FROM runs WHERE id=?", (run_id,))
+            tx.execute("DELETE FROM runs WHERE id=?", (run_id,))
 
     def save_artifact(self, run_id: int, name: str, data: bytes) -> None:
         """Store (or replace) a named blob with a run, e.g. its BN statistics; deleted with it."""
@@ -271,30 +283,32 @@ class RunStore(QueueOps):
             raise ConfigError("an artifact needs a name; use a short word such as 'bn_stats'.")
         if not isinstance(data, bytes | bytearray | memoryview):
             raise ConfigError(f"artifact {name!r} must be bytes, got {type(data).__name__}.")
-        with self._lock, self._conn:
-            self._require(run_id)
-            self._conn.execute(
+        with self._db.tx() as tx:
+            self._require(tx, run_id)
+            tx.execute(
                 "INSERT INTO artifacts (run_id, name, data) VALUES (?, ?, ?) "
                 "ON CONFLICT(run_id, name) DO UPDATE SET data=excluded.data",
                 (run_id, name, bytes(data)))
 
     def load_artifact(self, run_id: int, name: str) -> bytes | None:
         """The blob stored under ``name`` with a run, or None when there is none."""
-        with self._lock:
-            row = self._conn.execute("SELECT data FROM artifacts WHERE run_id=? AND name=?",
-                                     (run_id, name)).fetchone()
+        with self._db.tx() as tx:
+            row = tx.one("SELECT data FROM artifacts WHERE run_id=? AND name=?",
+                         (run_id, name))
         return None if row is None else bytes(row["data"])
 
     # ---- reading --------------------------------------------------------------------------
-    def _require(self, run_id: int) -> sqlite3.Row:
-        row = self._conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+    @staticmethod
+    def _require(tx: Tx, run_id: int) -> Any:
+        """The run's row, read in ``tx``; a sentence when it does not exist."""
+        row = tx.one("SELECT * FROM runs WHERE id=?", (run_id,))
         if row is None:
             raise ConfigError(f"run {run_id} does not exist (it may have been deleted); pick "
                               f"one from the list of runs.")
         return row
 
     @staticmethod
-    def _run_dict(row: sqlite3.Row) -> dict[str, Any]:
+    def _run_dict(row: Any) -> dict[str, Any]:
         return {
             "id": row["id"], "name": row["name"], "spec": json.loads(row["spec"]),
             "config": json.loads(row["config"]), "status": row["status"],
@@ -307,17 +321,14 @@ class RunStore(QueueOps):
 
     def get_run(self, run_id: int) -> dict[str, Any]:
         """One run as a dict: id, name, spec, config, status, error and the three times."""
-        with self._lock:
-            return self._run_dict(self._require(run_id))
+        with self._db.tx() as tx:
+            return self._run_dict(self._require(tx, run_id))
 
     def list_runs(self, limit: int | None = None) -> list[dict[str, Any]]:
         """All runs, newest first (without their metrics)."""
         sql = "SELECT * FROM runs ORDER BY id DESC"
-        with self._lock:
-            if limit is not None:
-                rows = self._conn.execute(sql + " LIMIT ?", (int(limit),)).fetchall()
-            else:
-                rows = self._conn.execute(sql).fetchall()
+        with self._db.tx() as tx:
+            rows = tx.all(sql) if limit is None else tx.all(sql + " LIMIT ?", (int(limit),))
         return [self._run_dict(r) for r in rows]
 
     def runs_with_spec(self, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -327,15 +338,14 @@ class RunStore(QueueOps):
 
     def metrics(self, run_id: int, kind: str | None = None) -> pd.DataFrame:
         """A run's metrics in the order written: columns kind, step, epoch, then the values."""
-        with self._lock:
-            self._require(run_id)
+        with self._db.tx() as tx:
+            self._require(tx, run_id)
             if kind is None:
-                rows = self._conn.execute("SELECT kind, step, epoch, data FROM metrics WHERE "
-                                          "run_id=? ORDER BY rowid", (run_id,)).fetchall()
+                rows = tx.all("SELECT kind, step, epoch, data FROM metrics WHERE run_id=? "
+                              "ORDER BY rowid", (run_id,))
             else:
-                rows = self._conn.execute("SELECT kind, step, epoch, data FROM metrics WHERE "
-                                          "run_id=? AND kind=? ORDER BY rowid",
-                                          (run_id, kind)).fetchall()
+                rows = tx.all("SELECT kind, step, epoch, data FROM metrics WHERE run_id=? "
+                              "AND kind=? ORDER BY rowid", (run_id, kind))
         records = [{"kind": r["kind"], "step": r["step"], "epoch": r["epoch"],
                     **json.loads(r["data"])} for r in rows]
         if not records:
@@ -345,10 +355,10 @@ class RunStore(QueueOps):
     # ---- export / import ------------------------------------------------------------------
     def export_run(self, run_id: int) -> dict[str, Any]:
         """A run with all its metrics as a JSON-ready dict (see ``import_run``)."""
-        with self._lock:
-            run = self._run_dict(self._require(run_id))
-            rows = self._conn.execute("SELECT kind, step, epoch, data FROM metrics WHERE "
-                                      "run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        with self._db.tx() as tx:
+            run = self._run_dict(self._require(tx, run_id))
+            rows = tx.all("SELECT kind, step, epoch, data FROM metrics WHERE run_id=? "
+                          "ORDER BY rowid", (run_id,))
         for key in ("id", "session", "device", "total_steps", "stop_requested"):
             run.pop(key)
         return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **run,
@@ -383,16 +393,16 @@ class RunStore(QueueOps):
                 raise ConfigError(f"run {i} of {len(items)}: {exc} Nothing was imported.") \
                     from None
         ids = []
-        with self._lock, self._conn:  # one transaction: all rows or none
+        with self._db.tx() as tx:  # one transaction: all rows or none
             for run, metrics in checked:
-                cur = self._conn.execute(
+                row = tx.one(
                     "INSERT INTO runs (name, spec, config, status, error, created_at, "
                     "started_at, finished_at, owner, session) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) RETURNING id",
                     (run["name"], run["spec"], run["config"], run["status"], run["error"],
                      run["created_at"], run["started_at"], run["finished_at"], session))
-                run_id = int(cur.lastrowid)
-                self._conn.executemany(
+                run_id = int(row["id"])
+                tx.many(
                     "INSERT INTO metrics (run_id, kind, step, epoch, data) VALUES (?, ?, ?, ?, ?)",
                     [(run_id, *m) for m in metrics])
                 ids.append(run_id)

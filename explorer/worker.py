@@ -204,7 +204,7 @@ def main(db: str | Path | None, device: str = "auto", ident: str | None = None,
         torch.set_num_threads(threads)
     store = RunStore(db)
     worker = Worker(store, device, ident, parent)
-    log.info("%s serving %s on %s", worker.ident, store.path, worker.device)
+    log.info("%s serving %s on %s", worker.ident, store.display, worker.device)
     try:
         worker.serve(max_runs)
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pg_fixture import postgres_server, postgres_url, store_url  # noqa: F401 (fixtures)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

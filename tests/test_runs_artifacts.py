@@ -1,16 +1,16 @@
-"""The run store's artifacts: named blobs kept with a run (the BN lab's statistics)."""
-
-import sqlite3
+"""The run store's artifacts: named blobs kept with a run (the BN lab's statistics), on SQLite
+and on PostgreSQL."""
 
 import pytest
+from pg_fixture import raw_sql
 
 from explorer.errors import ConfigError
 from explorer.runs import RunStore
 
 
 @pytest.fixture
-def store(tmp_path):
-    with RunStore(tmp_path / "runs.sqlite") as s:
+def store(store_url):
+    with RunStore(store_url) as s:
         yield s
 
 
@@ -31,12 +31,11 @@ def test_save_load_replace_and_missing(store):
     assert store.load_artifact(run, "bn_stats") == b"second"  # names are independent
 
 
-def test_artifacts_survive_reopening_the_file(tmp_path):
-    path = tmp_path / "runs.sqlite"
-    with RunStore(path) as s:
+def test_artifacts_survive_reopening_the_store(store_url):
+    with RunStore(store_url) as s:
         run = new_run(s)
         s.save_artifact(run, "bn_stats", b"abc")
-    with RunStore(path) as s:
+    with RunStore(store_url) as s:
         assert s.load_artifact(run, "bn_stats") == b"abc"
 
 
@@ -46,9 +45,7 @@ def test_deleting_the_run_deletes_its_artifacts(store):
     store.delete_run(run)
     assert store.load_artifact(run, "bn_stats") is None
     # The row itself is gone (ON DELETE CASCADE), not just hidden.
-    conn = sqlite3.connect(store.path)
-    assert conn.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0] == 0
-    conn.close()
+    assert raw_sql(store.path, "SELECT COUNT(*) FROM artifacts") == [(0,)]
 
 
 def test_mistakes_are_sentences(store):

@@ -1,5 +1,6 @@
-"""The SQLite run store: runs, metrics, thread-era recovery, export and import (the job queue
-and its worker processes are tested in test_workers.py)."""
+"""The run store on SQLite and on PostgreSQL (every test runs on both): runs, metrics,
+thread-era recovery, export and import (the job queue and its worker processes are tested in
+test_workers.py)."""
 
 import copy
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pg_fixture import raw_sql
 from torch import nn
 
 from explorer.data import ImageDataset
@@ -38,16 +40,16 @@ CFG = TrainConfig(batch_size=32, epochs=2, metrics_every=2, device="cpu")
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = RunStore(tmp_path / "runs.sqlite")
+def store(store_url):
+    s = RunStore(store_url)
     yield s
     s.close()
 
 
-def count_rows(path: Path) -> tuple[int, int]:
-    with sqlite3.connect(path) as conn:  # a second reader, not the store's own code
-        return (conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0],
-                conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0])
+def count_rows(location: str) -> tuple[int, int]:
+    # A second reader through the plain driver, not the store's own code.
+    return (raw_sql(location, "SELECT COUNT(*) FROM runs")[0][0],
+            raw_sql(location, "SELECT COUNT(*) FROM metrics")[0][0])
 
 
 # ---- the run store ------------------------------------------------------------------------------
@@ -73,14 +75,14 @@ def test_store_records_a_run_and_its_metrics_as_they_are_measured(store):
     assert [r["id"] for r in store.list_runs()] == [run_id]
 
 
-def test_delete_refuses_live_runs_and_removes_finished_ones(store, tmp_path):
+def test_delete_refuses_live_runs_and_removes_finished_ones(store, store_url):
     run_id = store.create_run("r", SPEC, CFG, status="running")
     store.add_metrics(run_id, "epoch", [{"step": 4, "epoch": 1, "test_acc": 0.5}])
     with pytest.raises(ConfigError, match="still running"):
         store.delete_run(run_id)
     store.set_status(run_id, "stopped")
     store.delete_run(run_id)
-    assert count_rows(tmp_path / "runs.sqlite") == (0, 0)
+    assert count_rows(store_url) == (0, 0)
     with pytest.raises(ConfigError, match="does not exist"):
         store.get_run(run_id)
 
@@ -129,41 +131,47 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_malformed_import_raises_and_stores_nothing(store, tmp_path, case):
+def test_malformed_import_raises_and_stores_nothing(store, store_url, case):
     exported = _valid_export(store)
-    before_rows = count_rows(tmp_path / "runs.sqlite")
+    before_rows = count_rows(store_url)
     before_runs = store.list_runs()
     bad = MALFORMED[case](copy.deepcopy(exported))
     with pytest.raises(ConfigError, match="cannot be imported"):
         store.import_run(bad)
-    assert count_rows(tmp_path / "runs.sqlite") == before_rows
+    assert count_rows(store_url) == before_rows
     assert store.list_runs() == before_runs
 
 
-def test_reopening_marks_runs_of_dead_processes_interrupted_but_not_live_ones(tmp_path):
-    path = tmp_path / "runs.sqlite"
-    with RunStore(path) as first:
+def test_reopening_marks_runs_of_dead_processes_interrupted_but_not_live_ones(store_url):
+    with RunStore(store_url) as first:
         live = first.create_run("live here", SPEC, CFG, status="running")
         dead = first.create_run("dead", SPEC, CFG, status="queued")
-        with sqlite3.connect(path) as conn:  # pretend another, finished process queued it
-            conn.execute("UPDATE runs SET owner='2147483646:gone' WHERE id=?", (dead,))
-        with RunStore(path) as second:  # e.g. the CLI opening the store beside the server
+        elsewhere = first.create_run("on another machine", SPEC, CFG, status="running")
+        # Pretend that a finished process of this machine queued one (an owner tag of the
+        # thread era, without a host) and that a process of another machine sharing the
+        # store runs another; pid 2147483646 exists on neither.
+        raw_sql(store_url, f"UPDATE runs SET owner='2147483646:gone' WHERE id={dead}")
+        raw_sql(store_url, "UPDATE runs SET owner='2147483646:token@another-host' "
+                           f"WHERE id={elsewhere}")
+        with RunStore(store_url) as second:  # e.g. the CLI opening the store beside the server
             assert second.get_run(live)["status"] == "running"
             assert second.get_run(dead)["status"] == "interrupted"
             assert "ended before it finished" in second.get_run(dead)["error"]
+            assert second.get_run(elsewhere)["status"] == "running"  # not this machine's to judge
 
 
-def test_import_runs_is_all_or_none_and_finds_runs_by_spec(tmp_path):
+def test_import_runs_is_all_or_none_and_finds_runs_by_spec(store_url, tmp_path):
     from explorer.io import read_runs, runs_to_json
 
-    store = RunStore(tmp_path / "a.sqlite")
+    store = RunStore(tmp_path / "a.sqlite")  # runs move from any store to any other
     spec = {"family": "lenet", "num_classes": 10}
     first = store.create_run("one", spec, {"epochs": 1}, status="queued")
     store.add_metrics(first, "epoch", [{"step": 3, "epoch": 1, "test_acc": 0.5}])
     store.set_status(first, "running")
     store.set_status(first, "completed")
     exported = [store.export_run(first)]
-    other = RunStore(tmp_path / "b.sqlite")
+    store.close()
+    other = RunStore(store_url)
     broken = dict(exported[0], metrics="not a list")
     with pytest.raises(ConfigError, match="run 2 of 2.*Nothing was imported"):
         other.import_runs(read_runs(runs_to_json(exported + [broken])))
@@ -173,29 +181,49 @@ def test_import_runs_is_all_or_none_and_finds_runs_by_spec(tmp_path):
     assert [r["id"] for r in other.runs_with_spec(spec)] == sorted(ids, reverse=True)
     assert other.runs_with_spec({"family": "vgg"}) == []
     assert other.metrics(ids[0])["test_acc"].tolist() == [0.5]
+    other.close()
     with pytest.raises(ConfigError, match="no exported run"):
         read_runs(b'{"family": "vgg"}', "spec.json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         read_runs(b"{", "x.json")
 
 
-V1_SCHEMA = """
+V1_ROWS = """
+INSERT INTO runs (name, spec, config, status, created_at, finished_at)
+    VALUES ('from the thread era', '{"family": "lenet"}', '{"epochs": 1}', 'completed', 1.0, 2.0);
+INSERT INTO metrics (run_id, kind, step, epoch, data)
+    VALUES (1, 'epoch', 5, 1, '{"test_acc": 0.5}');
+"""
+# The schema as the first round wrote it.
+V1_SQLITE = """
 CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, spec TEXT NOT NULL,
     config TEXT NOT NULL, status TEXT NOT NULL, error TEXT, created_at REAL NOT NULL,
     started_at REAL, finished_at REAL, owner TEXT);
 CREATE TABLE metrics (run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
     kind TEXT NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL, data TEXT NOT NULL);
-INSERT INTO runs (name, spec, config, status, created_at, finished_at)
-    VALUES ('from the thread era', '{"family": "lenet"}', '{"epochs": 1}', 'completed', 1.0, 2.0);
-INSERT INTO metrics VALUES (1, 'epoch', 5, 1, '{"test_acc": 0.5}');
-"""
+""" + V1_ROWS
+# The same version 1 in PostgreSQL's types, with its version recorded in schema_version and the
+# rowid column that SQLite has implicitly (it keeps metrics in the order written).
+V1_POSTGRES = """
+CREATE TABLE runs (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL,
+    config TEXT NOT NULL, status TEXT NOT NULL, error TEXT, created_at DOUBLE PRECISION NOT NULL,
+    started_at DOUBLE PRECISION, finished_at DOUBLE PRECISION, owner TEXT);
+CREATE TABLE metrics (rowid BIGSERIAL PRIMARY KEY,
+    run_id BIGINT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL, step BIGINT NOT NULL, epoch BIGINT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version VALUES (1);
+""" + V1_ROWS
 
 
-def test_a_store_of_the_thread_era_opens_migrated_with_its_runs(tmp_path):
-    path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as conn:  # the schema as the first round wrote it
-        conn.executescript(V1_SCHEMA)
-    with RunStore(path) as store:
+def test_a_store_of_the_thread_era_opens_migrated_with_its_runs(store_url):
+    postgres = store_url.startswith("postgresql://")
+    if postgres:
+        raw_sql(store_url, V1_POSTGRES)
+    else:
+        with sqlite3.connect(store_url) as conn:
+            conn.executescript(V1_SQLITE)
+    with RunStore(store_url) as store:
         run = store.get_run(1)
         assert (run["name"], run["status"], run["session"]) == ("from the thread era",
                                                                 "completed", None)
@@ -203,7 +231,53 @@ def test_a_store_of_the_thread_era_opens_migrated_with_its_runs(tmp_path):
         new = store.create_run("new", {"family": "lenet"}, {"epochs": 1}, session="s",
                                job={"dataset": "offline-mnist"})
         assert store.claim("w", "cpu", "cpu")["id"] == new
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    if postgres:
+        assert raw_sql(store_url, "SELECT version FROM schema_version") == [(2,)]
+        columns = {r[0] for r in raw_sql(
+            store_url, "SELECT column_name FROM information_schema.columns "
+                       "WHERE table_name = 'runs'")}
+    else:
+        assert raw_sql(store_url, "PRAGMA user_version") == [(2,)]
+        columns = {r[1] for r in raw_sql(store_url, "PRAGMA table_info(runs)")}
     assert {"session", "job", "worker", "heartbeat", "stop_requested"} <= columns
+
+
+# ---- the location of a PostgreSQL store ---------------------------------------------------------
+def test_a_store_url_is_shown_without_its_password():
+    from explorer.db import is_url, mask
+
+    assert mask("postgresql://ann:pa:ss@db.example:5432/runs") == \
+        "postgresql://ann:***@db.example:5432/runs"
+    assert mask("postgres://ann@db/runs?password=pass&sslmode=require") == \
+        "postgres://ann@db/runs?password=***&sslmode=require"
+    assert mask("postgresql://db/runs") == "postgresql://db/runs"
+    assert mask("/srv/runs.sqlite") == "/srv/runs.sqlite"
+    assert is_url("postgresql://db/runs") and not is_url("postgresql.sqlite")
+
+
+def test_an_unreachable_postgresql_store_is_a_sentence_without_the_password(monkeypatch):
+    import socket
+
+    import explorer.db
+
+    monkeypatch.setattr(explorer.db, "CONNECT_TIMEOUT_S", 1.0)
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match="cannot be reached") as caught:
+        RunStore(f"postgresql://ann:s3cret@127.0.0.1:{port}/runs?connect_timeout=1")
+    assert "s3cret" not in str(caught.value)
+    assert f"postgresql://ann:***@127.0.0.1:{port}/runs" in str(caught.value)
+
+
+def test_a_postgresql_store_carries_on_after_the_server_restarts():
+    from pg_fixture import start_postgres
+
+    with start_postgres() as server:  # its own server: the session's is not restarted
+        server.admin("CREATE DATABASE restarts")
+        with RunStore(server.url("restarts")) as store:
+            run_id = store.create_run("before", SPEC, CFG, job={"dataset": "offline-mnist"})
+            server.restart()  # the pooled connection is now broken
+            # The pool replaces it before handing it out: the next call works, nothing lost.
+            assert store.get_run(run_id)["status"] == "queued"
+            assert store.claim("w", "cpu", "cpu")["id"] == run_id

@@ -1,18 +1,20 @@
 """Runs in worker processes: the durable queue, stop, faults, isolation and ownership.
 
 One pool of one CPU worker serves the whole module (a worker takes seconds to import torch);
-each test uses its own visitor sessions, so the per-visitor limit never crosses tests.
+each test uses its own visitor sessions, so the per-visitor limit never crosses tests. The queue
+tests without workers run on SQLite and on PostgreSQL; one run trains end to end in a worker
+on a PostgreSQL store.
 """
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from pg_fixture import raw_sql
 
 from explorer.data import OFFLINE
 from explorer.errors import ConfigError
@@ -135,6 +137,54 @@ def test_queued_runs_survive_a_server_restart(tmp_path):
         pool.close()
 
 
+def test_on_a_postgresql_store_a_worker_trains_a_run_and_another_server_stops_one(
+        postgres_url):
+    # A password in the URL (the test server trusts local users and ignores it) must reach
+    # neither the workers' command lines nor the messages.
+    url = postgres_url.replace("explorer@", "explorer:s3cret@", 1)
+    pool = WorkerPool(url, [Slot("cpu", 1)])
+    try:
+        with RunStore(url) as store:
+            assert store.backend == "postgresql" and "s3cret" not in store.display
+            job = JobManager(store).submit("on postgres", LENET.to_dict(), SHORT, DIGITS,
+                                           session="pg")
+            snap = JobManager(store).wait(job, timeout=180)
+            assert snap.status == "completed", snap.error
+            assert (snap.step, snap.total_steps, snap.device) == (8, 8, "cpu")  # max_steps=8
+        # Reported every 2 of the 8 steps: 4 step rows, read back with the plain driver.
+        assert raw_sql(postgres_url, f"SELECT step FROM metrics WHERE run_id = {job} "
+                                     "AND kind = 'step' ORDER BY step") == [(2,), (4,), (6,), (8,)]
+        for pid in pool.pids:
+            assert b"s3cret" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        # A second app process on the same database sees a run of this one live and stops it.
+        with RunStore(url) as store:
+            manager = JobManager(store)
+            long = manager.submit("watched elsewhere", LENET.to_dict(), FOREVER, DIGITS,
+                                  session="first server")
+            until(lambda: manager.get(long).step >= 2, what="the long run's first steps")
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            seen = subprocess.run([sys.executable, "-c", SECOND_SERVER, url, str(long)], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert seen.returncode == 0, seen.stderr
+            status, step = seen.stdout.split()
+            assert status == "running" and int(step) >= 2  # the live progress, read there
+            assert manager.wait(long, timeout=30).status == "stopped"
+    finally:
+        pool.close()
+
+
+SECOND_SERVER = """
+import sys
+from explorer.jobs import JobManager
+from explorer.runs import RunStore
+store = RunStore(sys.argv[1])
+manager, run = JobManager(store), int(sys.argv[2])
+snap = manager.get(run)
+print(snap.status, snap.step)
+assert manager.stop(run, "first server", teacher=False)  # the owner, from another server
+"""
+
+
 def test_a_run_of_a_closed_server_is_queued_again_once(tmp_path):
     path = tmp_path / "runs.sqlite"
     pool = WorkerPool(path, [Slot("cpu", 1)])
@@ -176,8 +226,8 @@ def test_a_hand_started_worker_that_dies_is_reaped_with_its_metrics(tmp_path):
 
 # ---- the queue, without workers -----------------------------------------------------------------
 @pytest.fixture
-def idle(tmp_path):
-    store = RunStore(tmp_path / "idle.sqlite")
+def idle(store_url):
+    store = RunStore(store_url)
     yield JobManager(store, ["cpu"], max_active=1)
     store.close()
 
@@ -256,19 +306,18 @@ print(" ".join(map(str, got)))
 """
 
 
-def test_claims_from_four_processes_at_once_take_every_run_exactly_once(tmp_path):
-    path = tmp_path / "claims.sqlite"
-    with RunStore(path) as store:
+def test_claims_from_four_processes_at_once_take_every_run_exactly_once(store_url):
+    with RunStore(store_url) as store:
         ids = [store.create_run(f"r{i}", {"family": "lenet"}, {}, job=DIGITS.to_job())
                for i in range(200)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(path), f"w{k}"], env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, store_url, f"w{k}"], env=env,
                               stdout=subprocess.PIPE, text=True) for k in range(4)]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     claimed = [int(i) for out in outs for i in out]
     assert sorted(claimed) == ids  # none lost, none twice
-    with sqlite3.connect(path) as conn:  # a second reader, not the store's own code
-        rows = conn.execute("SELECT worker, COUNT(*) FROM runs GROUP BY worker").fetchall()
+    # A second reader through the plain driver, not the store's own code.
+    rows = raw_sql(store_url, "SELECT worker, COUNT(*) FROM runs GROUP BY worker")
     assert {w: n for w, n in rows} == {f"w{k}": len(o) for k, o in enumerate(outs) if o}
 
 
@@ -298,3 +347,33 @@ def test_a_worker_beat_thread_is_not_needed_to_read_a_snapshot(idle):
     snap = idle.get(job)
     assert (snap.status, snap.step, snap.total_steps, snap.device) == ("running", 2, 10, "cpu")
     assert snap.step_metrics[0]["loss"] == 2.0 and snap.queue_position is None
+
+
+def test_runs_without_a_session_count_as_one_visitor_in_the_queue(idle):
+    """Null-safe equality: runs queued without a session (CLI, imports) share one turn."""
+    cli = [idle.store.create_run(f"cli {i}", LENET.to_dict(), SHORT, job=DIGITS.to_job())
+           for i in range(2)]
+    student = submit(idle, "student", session="student")
+    assert idle.store.claim("w1", "cpu", "cpu")["id"] == cli[0]
+    # A session-less run now trains and the student has none: the student's run goes first.
+    assert [idle.queue_position(i) for i in (student, cli[1])] == [1, 2]
+    assert idle.store.claim("w2", "cpu", "cpu")["id"] == student
+
+
+def test_a_claim_on_postgresql_skips_a_run_another_server_is_claiming(postgres_url):
+    import threading
+
+    import psycopg
+
+    with RunStore(postgres_url) as store:
+        first, second = (store.create_run(f"r{i}", LENET.to_dict(), SHORT, job=DIGITS.to_job())
+                         for i in range(2))
+        got = []
+        with psycopg.connect(postgres_url) as other:  # another server, in the middle of a claim
+            other.execute(f"SELECT id FROM runs WHERE id = {first} FOR UPDATE")
+            claimer = threading.Thread(target=lambda: got.append(store.claim("w", "cpu", "cpu")),
+                                       daemon=True)
+            claimer.start()
+            claimer.join(30)
+            assert got and got[0]["id"] == second  # taken at once, not after waiting
+        assert store.claim("w", "cpu", "cpu")["id"] == first  # free again once the lock ends
