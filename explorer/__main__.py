@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from explorer import inspect_cli
 from explorer.errors import ConfigError
 
 
@@ -161,10 +162,13 @@ def parser() -> argparse.ArgumentParser:
     ba.add_argument("--preset", default="resnet152")
     ba.add_argument("--input", help="input shape C,H,W")
     ba.add_argument("--repeats", type=int, default=5)
+
+    inspect_cli.add_parser(sub)
     return p
 
 
 COMMANDS = {"presets": cmd_presets, "summary": cmd_summary, "conv": cmd_conv, "bench": cmd_bench}
+COMMANDS["predict"] = inspect_cli.run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -311,16 +311,19 @@ class WeightsCallback:
     """
 
     def __init__(self, store_path_or_dir: Any, run_id: int, spec: Any = None,
-                 every_epoch: bool | None = None, limits: WeightsLimits | None = None) -> None:
+                 every_epoch: bool | None = None, limits: WeightsLimits | None = None,
+                 dataset: str | None = None) -> None:
         self.where = weights_dir(store_path_or_dir)
         self.run_id, self.spec, self.every_epoch = int(run_id), spec, every_epoch
+        # The dataset's name goes into the file, so that `predict` normalises as training did.
+        self.extra = {"dataset": dataset} if dataset else {}
         self.limits = limits
         self.result: SaveResult | None = None
         self.notes: list[str] = []
 
     def _save(self, model: nn.Module, epoch: int | None) -> None:
         self.result = save_weights(model, self.where, self.run_id, epoch=epoch, spec=self.spec,
-                                   limits=self.limits)
+                                   limits=self.limits, extra=self.extra)
         self.notes.extend(self.result.notes)
 
     def on_epoch_end(self, ctx: Any, metrics: Mapping[str, float]) -> None:
