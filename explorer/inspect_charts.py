@@ -260,7 +260,7 @@ def unit_map_figure(channel_map: torch.Tensor, layer: str, channel: int,
                                  marker={"symbol": "x", "size": 14, "color": RF_COLOR},
                                  hoverinfo="skip"))
     _image_axes(fig)
-    fig.update_layout(clickmode="event+select", dragmode="select")
+    # No dragmode: Streamlit then pans on drag and selects the clicked point.
     return _layout(fig, f"{layer}, channel {channel}: click a unit", height=380)
 
 
@@ -271,7 +271,7 @@ def drawing_figure(canvas: np.ndarray) -> go.Figure:
                                hoverinfo="skip"))
     fig.add_trace(_click_layer(h, w, "pixels"))
     _image_axes(fig)
-    fig.update_layout(clickmode="event+select", dragmode="lasso")
+    fig.update_layout(dragmode="lasso")
     return _layout(fig, "Draw: drag a lasso or a box over the cells to paint them", height=420)
 
 

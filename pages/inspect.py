@@ -182,44 +182,47 @@ def main() -> None:
     st.title("Inspect a network")
     st.caption("One image through the network: its probabilities, every layer's feature maps, "
                "the filters, and where any unit looks on the image.")
-    key = choose_model()
-    if key is None:
-        return
-    spec, model = model_for(key)
-    names = list(DATASETS)
-    default = OFFLINE
-    if key[0] == "run":
-        default = store().get_run(key[1])["config"].get("dataset", OFFLINE)
-    data_name = st.selectbox("Dataset", names, key="in_data",
-                             index=names.index(default) if default in names else 0,
-                             format_func=lambda n: DATASETS[n].title)
-    data = dataset(data_name, "", False)
-    pixels, label = choose_image(data, spec, key)
+    controls, result = st.columns([1, 1], gap="medium")
+    with controls:
+        key = choose_model()
+        if key is None:
+            return
+        spec, model = model_for(key)
+        names = list(DATASETS)
+        default = OFFLINE
+        if key[0] == "run":
+            default = store().get_run(key[1])["config"].get("dataset", OFFLINE)
+        data_name = st.selectbox("Dataset", names, key="in_data",
+                                 index=names.index(default) if default in names else 0,
+                                 format_func=lambda n: DATASETS[n].title)
+        data = dataset(data_name, "", False)
+        pixels, label = choose_image(data, spec, key)
     x = prepare(pixels, spec.input_shape, data)
     fwd = run_image(model, x)
-    left, right = st.columns([1, 2])
-    left.plotly_chart(ic.probabilities_figure(fwd.probs, data.classes, label), key="in_probs")
-    with right:
-        st.plotly_chart(ic.feature_strip(fwd, ic.strip_layers(fwd), data.classes),
-                        key="in_strip")
-        name, weight = first_conv(model)
-        st.plotly_chart(ic.filters_figure(weight, name), key="in_filters")
+    result.plotly_chart(ic.probabilities_figure(fwd.probs, data.classes, label), key="in_probs")
+    st.plotly_chart(ic.feature_strip(fwd, ic.strip_layers(fwd), data.classes), key="in_strip")
     spatial = fwd.spatial_layers()
     if state.get("in_layer") not in fwd.maps:
         state["in_layer"] = spatial[0] if spatial else next(iter(fwd.maps))
-    layer = st.selectbox("Channels of layer", list(fwd.maps), key="in_layer")
-    st.plotly_chart(ic.channel_grid(fwd.maps[layer], layer), key="in_grid")
+    left, right = st.columns([2, 1], gap="medium")
+    with left:
+        layer = st.selectbox("Channels of layer", list(fwd.maps), key="in_layer")
+        st.plotly_chart(ic.channel_grid(fwd.maps[layer], layer), key="in_grid")
+    name, weight = first_conv(model)
+    right.plotly_chart(ic.filters_figure(weight, name), key="in_filters")
     unit_section(model, key, fwd)
     st.subheader("The test set")
     if st.toggle("Confusion matrix and most confident mistakes", key="in_confusion"):
         ev = evaluation_for(key, data.name)
-        st.plotly_chart(ic.confusion_figure(ev.confusion, data.classes, ev.accuracy),
-                        key="in_cm")
         wrong = ev.mistakes(limit=16)
-        st.plotly_chart(ic.images_grid(
+        left, right = st.columns([1, 1], gap="medium")
+        left.plotly_chart(ic.confusion_figure(ev.confusion, data.classes, ev.accuracy),
+                          key="in_cm")
+        right.plotly_chart(ic.images_grid(
             [data.test_images[i] for i in wrong],
             [f"#{i}: {data.classes[ev.predicted[i]]} {ev.confidence[i]:.0%}" for i in wrong],
-            "Most confident mistakes (test image: predicted, probability)"), key="in_wrong")
+            "Most confident mistakes (test image: predicted, probability)", cols=4),
+            key="in_wrong")
 
 
 try:
