@@ -15,6 +15,7 @@ nothing disappears silently.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -186,14 +187,10 @@ def save_weights(model: nn.Module, where: Any, run_id: int, *, epoch: int | None
                  extra: Mapping[str, str] | None = None) -> SaveResult:
     """Save a run's weights (final, or one epoch's) within the size limits.
 
-    Refuses a file over the per-run limit (counting the run's other files) or over the server
-    limit; otherwise deletes the oldest other files until the folder fits. Every refusal and
-    deletion writes a sentence to the affected run's note (see ``weights_note``).
+    Refuses a final file over the per-run limit (an epoch's: counting the run's other files) or
+    over the server limit; otherwise deletes the oldest other files until the folder fits.
+    Every refusal and deletion writes a sentence to the affected run's note (``weights_note``).
     """
-    limits = limits or WeightsLimits.from_env()
-    folder = weights_dir(where)
-    target = weights_path(folder, run_id, epoch)
-    what = f"epoch {epoch}'s weights" if epoch is not None else "final weights"
     meta = {"format": "pt", "run_id": str(int(run_id)), "saved_at": f"{time.time():.3f}"}
     if epoch is not None:
         meta["epoch"] = str(int(epoch))
@@ -201,7 +198,21 @@ def save_weights(model: nn.Module, where: Any, run_id: int, *, epoch: int | None
         meta["spec"] = spec if isinstance(spec, str) else json.dumps(
             spec.to_dict() if hasattr(spec, "to_dict") else dict(spec), sort_keys=True)
     meta.update(dict(extra or {}))
-    data = st_save(_tensors(model), metadata=meta)
+    return store_weights_bytes(st_save(_tensors(model), metadata=meta), where, run_id,
+                               epoch=epoch, limits=limits)
+
+
+def store_weights_bytes(data: bytes, where: Any, run_id: int, *, epoch: int | None = None,
+                        limits: WeightsLimits | None = None) -> SaveResult:
+    """Keep a safetensors file's bytes as a run's weights, within the limits (see save_weights).
+
+    Used for imported runs: the bytes are checked to be safetensors first.
+    """
+    weights_from_bytes(data, "the weights")  # refuse anything that is not safetensors
+    limits = limits or WeightsLimits.from_env()
+    folder = weights_dir(where)
+    target = weights_path(folder, run_id, epoch)
+    what = f"epoch {epoch}'s weights" if epoch is not None else "final weights"
     size = len(data)
     files = _files(folder)
     mine = sum(st.st_size for p, r, _, st in files if r == int(run_id) and p != target)
@@ -237,6 +248,23 @@ def save_weights(model: nn.Module, where: Any, run_id: int, *, epoch: int | None
     tmp.write_bytes(data)
     os.replace(tmp, target)  # readers never see half a file
     return SaveResult(target, size, tuple(notes))
+
+
+def export_weights(where: Any, run_id: int) -> str | None:
+    """A run's final weights as base64 text, for a run's JSON export; None when it has none."""
+    path = weights_path(where, run_id)
+    return base64.b64encode(path.read_bytes()).decode("ascii") if path.is_file() else None
+
+
+def import_weights(text: str, where: Any, run_id: int,
+                   limits: WeightsLimits | None = None) -> SaveResult:
+    """Keep base64 weights from a run's JSON export as run ``run_id``'s final weights."""
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise ConfigError("the run's weights in this file are not base64 text; export the run "
+                          "again.") from None
+    return store_weights_bytes(data, where, run_id, limits=limits)
 
 
 def read_weights(path: str | Path) -> Weights:
@@ -342,6 +370,6 @@ class WeightsCallback:
 
 
 __all__ = ["SaveResult", "Weights", "WeightsCallback", "WeightsLimits", "delete_weights",
-           "load_into", "load_weights", "model_from_weights", "read_weights", "run_files",
-           "save_weights", "state_dict_bytes", "weights_dir", "weights_from_bytes",
-           "weights_note", "weights_path"]
+           "export_weights", "import_weights", "load_into", "load_weights", "model_from_weights",
+           "read_weights", "run_files", "save_weights", "state_dict_bytes", "store_weights_bytes",
+           "weights_dir", "weights_from_bytes", "weights_note", "weights_path"]

@@ -21,6 +21,8 @@ from explorer.weights import (
     WeightsCallback,
     WeightsLimits,
     delete_weights,
+    export_weights,
+    import_weights,
     load_into,
     load_weights,
     model_from_weights,
@@ -181,3 +183,26 @@ def test_a_failed_run_keeps_no_weights(tmp_path):
     assert run_files(tmp_path, 3) == []
     cb.on_run_end(types.SimpleNamespace(model=_linear(4)), "stopped")
     assert [p.name for p in run_files(tmp_path, 3)] == ["run-3.safetensors"]
+
+
+def test_weights_travel_with_an_exported_run_as_base64(tmp_path):
+    import base64
+
+    spec = get_preset("course_lenet5").spec
+    model = build(spec).eval()
+    save_weights(model, tmp_path / "a", 3, spec=spec)
+    text = export_weights(tmp_path / "a", 3)
+    # Base64 of the file's bytes, as any base64 decoder reads it.
+    assert base64.b64decode(text) == weights_path(tmp_path / "a", 3).read_bytes()
+    assert export_weights(tmp_path / "a", 4) is None
+    assert import_weights(text, tmp_path / "b", 9).saved
+    _, again = model_from_weights(load_weights(tmp_path / "b", 9))
+    x = torch.randn(2, *spec.input_shape)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    with pytest.raises(ConfigError, match="not base64"):
+        import_weights("%%%", tmp_path / "b", 10)
+    with pytest.raises(ConfigError, match="not a safetensors"):
+        import_weights(base64.b64encode(b"pickle?").decode(), tmp_path / "b", 10)
+    limited = import_weights(text, tmp_path / "b", 11, limits=WeightsLimits(per_run=10))
+    assert not limited.saved and "were not kept" in weights_note(tmp_path / "b", 11)
