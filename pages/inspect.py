@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import streamlit as st
 import torch
@@ -21,12 +23,13 @@ from explorer.inspect_rf import compare_sentence, effective_rf, receptive_rect, 
 from explorer.models import build
 from explorer.runs import FINAL, RunStore
 from explorer.specs import spec_from_dict, spec_from_json
-from explorer.weights import load_into, read_weights, weights_note, weights_path
+from explorer.weights import load_into, read_weights, run_files, weights_note, weights_path
 from pages.common import current_spec, dataset
 
 state = st.session_state
 SOURCES = ["A training run", "The Build page's model (untrained)"]
 IMAGES = ["Test image", "By class", "A mistake", "Upload", "Draw"]
+EPOCH = re.compile(r"^run-\d+-epoch(\d+)\.safetensors$")
 
 
 @st.cache_resource
@@ -37,11 +40,11 @@ def store() -> RunStore:
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def model_for(key: tuple):
-    """("run", id, file time) or ("build", spec JSON) → (spec, model in eval mode)."""
+    """("run", id, weights file, its time) or ("build", spec JSON) → (spec, eval-mode model)."""
     if key[0] == "run":
         run = store().get_run(key[1])
         spec = spec_from_dict(run["spec"])
-        return spec, load_into(build(spec), read_weights(weights_path(store(), key[1]))).eval()
+        return spec, load_into(build(spec), read_weights(key[2])).eval()
     spec = spec_from_json(key[1])
     return spec, build(spec).eval()  # untrained: PyTorch's default initialisation
 
@@ -70,17 +73,28 @@ def choose_model() -> tuple | None:
     by_id = {r["id"]: r for r in runs}
     run_id = st.selectbox("Run", list(by_id), key="in_run",
                           format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})")
-    path = weights_path(store(), run_id)
-    if not path.is_file():
+    files = run_files(store(), run_id)
+    if not files:
         note = weights_note(store(), run_id)
         st.warning(note or f"Run #{run_id} kept no weights (it finished before weights were "
                            f"kept, or failed); train it again to inspect it.")
         return None
+    epochs = {EPOCH.match(p.name).group(1): p for p in files if EPOCH.match(p.name)}
+    final = weights_path(store(), run_id)
+    path = final if final.is_file() else files[-1]
+    if not final.is_file() and weights_note(store(), run_id):
+        st.caption(weights_note(store(), run_id))
+    if epochs:  # small models keep every epoch: watch the effective field change
+        options = list(epochs) + (["final"] if final.is_file() else [])
+        if state.get("in_epoch") not in options:
+            state["in_epoch"] = options[-1]
+        when = st.select_slider("Weights after epoch", options, key="in_epoch")
+        path = epochs.get(when, path)
     st.download_button("Weights (.safetensors)", path.read_bytes(), path.name,
                        "application/octet-stream",
                        help="Loads into the PyTorch source that the Build page exports: "
                             "model.load_state_dict(safetensors.torch.load_file(path)).")
-    return ("run", run_id, path.stat().st_mtime)
+    return ("run", run_id, str(path), path.stat().st_mtime)
 
 
 def choose_image(data, spec, key: tuple) -> tuple[torch.Tensor, int | None]:

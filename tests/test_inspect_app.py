@@ -146,3 +146,25 @@ def test_draw_mode_starts_blank_and_an_upload_is_optional():
     assert np.asarray(z).shape == (28, 28) and not np.asarray(z).any()
     at.radio(key="in_image").set_value("Upload").run()
     assert not at.exception and any("Until you upload" in c.value for c in at.caption)
+
+
+def test_a_run_with_epoch_weights_shows_each_epochs_model():
+    spec = get_preset("course_lenet5").spec
+    store = RunStore(default_store_path())
+    run_id = store.create_run("epochs", spec.to_dict(), {"epochs": 2}, status="completed")
+    models = {}
+    for epoch in (1, 2, None):  # three different sets of weights
+        models[epoch] = build(spec).eval()
+        save_weights(models[epoch], store, run_id, epoch=epoch, spec=spec)
+    store.close()
+    at = inspect_page()
+    at.selectbox(key="in_run").select(run_id).run()
+    slider = at.select_slider(key="in_epoch")
+    assert list(slider.options) == ["1", "2", "final"] and slider.value == "final"
+    image = offline_mnist().test_images[0]
+    assert np.allclose(figure(at, "Prediction:")["data"][0]["x"], _probs(models[None], image),
+                       atol=1e-6)
+    at.select_slider(key="in_epoch").set_value("1").run()
+    assert not at.exception
+    assert np.allclose(figure(at, "Prediction:")["data"][0]["x"], _probs(models[1], image),
+                       atol=1e-6)
