@@ -71,7 +71,7 @@ def probabilities_figure(probs: torch.Tensor, classes: Sequence[str],
     return _layout(fig, title, height=max(300, 28 * len(p) + 100))
 
 
-def strip_layers(forward: Forward, depth: int = 2, limit: int = 24) -> list[str]:
+def strip_layers(forward: Forward, depth: int = 2, limit: int = 12) -> list[str]:
     """Layers for the input-to-output strip: spatial outputs at most ``depth`` names deep."""
     names = [n for n in forward.spatial_layers() if n.count(".") < depth and "@" not in n]
     if len(names) > limit:  # keep the first and last, thin the middle evenly
@@ -85,6 +85,8 @@ def feature_strip(forward: Forward, layers: Sequence[str], classes: Sequence[str
     n = len(layers) + 2
     titles = ["input"] + [f"{name}<br>{'×'.join(map(str, forward.maps[name].shape))}"
                           for name in layers] + ["output"]
+    # Alternate rows of titles so that neighbours' names do not overlap.
+    titles = [t if i % 2 == 0 else f"<br><br>{t}" for i, t in enumerate(titles)]
     fig = make_subplots(rows=1, cols=n, subplot_titles=titles, horizontal_spacing=0.01)
     fig.add_trace(_picture(_np(forward.input)), row=1, col=1)
     for i, name in enumerate(layers, 2):
@@ -99,10 +101,12 @@ def feature_strip(forward: Forward, layers: Sequence[str], classes: Sequence[str
                   row=1, col=n)
     for c in range(1, n + 1):
         _image_axes(fig, 1, c)
-    fig.update_yaxes(showticklabels=True, row=1, col=n, type="category")
-    fig.update_annotations(font_size=10)
-    return _layout(fig, "From input to output: each layer's mean |activation| over its channels",
-                   height=260)
+    fig.update_yaxes(type="category", row=1, col=n)
+    fig.update_annotations(font_size=11)
+    fig = _layout(fig, "From input to output: each layer's mean |activation| over its channels "
+                       "(the last column: the class probabilities)", height=300)
+    fig.update_layout(margin={"t": 110})
+    return fig
 
 
 def mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -119,16 +123,19 @@ def mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> tuple[np.ndarray, np.n
     return z, index
 
 
-def _mosaic_figure(tiles: np.ndarray, what: str, title: str, **heatmap: object) -> go.Figure:
+def _mosaic_figure(tiles: np.ndarray, what: str, title: str, width_px: int = 700,
+                   **heatmap: object) -> go.Figure:
     n, h, w = tiles.shape
-    cols = min(8, n) if max(h, w) > 8 else min(16, n)
-    z, index = mosaic(tiles, cols, gap=max(1, max(h, w) // 8))
+    cols = min(8, n)
+    gap = max(1, max(h, w) // 8)
+    z, index = mosaic(tiles, cols, gap=gap)
     fig = go.Figure(go.Heatmap(z=z, customdata=index, hoverongaps=False,
                                hovertemplate=f"{what} %{{customdata}}: %{{z:.3f}}<extra></extra>",
                                **heatmap))
     _image_axes(fig)
-    rows = math.ceil(n / cols)
-    return _layout(fig, title, height=min(900, max(260, int(700 * rows * h / (cols * w)) + 80)))
+    # Square pixels: the mosaic's height follows from the width it is drawn at.
+    height = int(width_px * z.shape[0] / z.shape[1]) + 100
+    return _layout(fig, title, height=min(900, max(220, height)))
 
 
 def channel_grid(t: torch.Tensor, layer: str, max_channels: int = 64) -> go.Figure:
@@ -154,10 +161,12 @@ def filters_figure(weight: torch.Tensor, name: str, max_filters: int = 64) -> go
     bound = float(np.abs(w).max()) or 1.0
     k = "×".join(map(str, w.shape[2:]))
     what = ("blue positive, red negative" if w.shape[1] == 1 else
-            f"mean over the {w.shape[1]} input channels")
-    return _mosaic_figure(w[:shown].mean(1), "filter",
-                          f"{name}: {w.shape[0]} filters of {k} ({what})",
-                          zmin=-bound, zmax=bound, zmid=0, colorscale="RdBu")
+            f"mean over {w.shape[1]} input channels; blue positive, red negative")
+    fig = _mosaic_figure(w[:shown].mean(1), "filter", f"{name}: {w.shape[0]} filters of {k}",
+                         width_px=300, zmin=-bound, zmax=bound, zmid=0, colorscale="RdBu")
+    fig.add_annotation(text=what, showarrow=False, xref="paper", yref="paper", x=0, y=1.02,
+                       xanchor="left", yanchor="bottom", font={"size": 12})
+    return fig
 
 
 def confusion_figure(matrix: np.ndarray, classes: Sequence[str], accuracy: float) -> go.Figure:
