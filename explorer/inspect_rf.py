@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
@@ -216,7 +217,11 @@ def _union_collapsed(axes: list[Axis]) -> Axis:
 
 
 def unit_geometry(model: nn.Module, input_shape: Sequence[int]) -> Geometry:
-    """Geometry of every named layer, from one eval-mode forward pass of a zero image."""
+    """Geometry of every named layer, from one eval-mode forward pass on the meta device.
+
+    The geometry depends on the architecture only, so the pass runs with meta tensors in place
+    of the weights (``functional_call``): shapes are followed, no arithmetic is done.
+    """
     c, h, w = (int(v) for v in input_shape)
     mode = _GeometryMode()
     found: dict[str, LayerGeometry] = {}
@@ -229,13 +234,15 @@ def unit_geometry(model: nn.Module, input_shape: Sequence[int]) -> Geometry:
                 found[name] = g
         return hook
 
-    x = as_batch(torch.zeros(c, h, w), model)
+    x = torch.zeros(1, c, h, w, device="meta")
+    meta = {name: torch.empty_like(t, device="meta") for name, t in
+            (*model.named_parameters(), *model.named_buffers())}
     with LOCK, eval_mode(model), torch.no_grad():
         handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
         try:
             mode.put(x, LayerGeometry(Axis.identity(h), Axis.identity(w)))
             with mode:
-                model(x)
+                functional_call(model, meta, (x,))
         finally:
             for hd in handles:
                 hd.remove()
