@@ -148,3 +148,13 @@ def test_the_effective_field_lies_inside_the_theoretical_one(spec, data):
     inside[c.top:c.bottom + 1, c.left:c.right + 1] = True
     assert not erf[~inside].any(), (layer, channel, y, col, rect)
     assert geo.exact
+
+
+def test_geometry_leaves_the_model_as_it_was():
+    spec = get_preset("course_resnet_3x4_28").spec
+    model = build(spec).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    unit_geometry(model, spec.input_shape)
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert v.device.type == "cpu" and torch.equal(v, before[k]), k
