@@ -17,6 +17,7 @@ PAGES = [
     st.Page("pages/train.py", title="Train", icon=":material/monitoring:", url_path="train"),
     st.Page("pages/bn_lab.py", title="Batch norm", icon=":material/equalizer:",
             url_path="bn_lab"),
+    st.Page("pages/inspect.py", title="Inspect", icon=":material/visibility:", url_path="inspect"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:",
             url_path="compare"),
     st.Page("pages/conv.py", title="Conv arithmetic", icon=":material/calculate:",

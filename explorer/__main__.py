@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from explorer import inspect_cli
 from explorer.errors import ConfigError
 from explorer.receptive import WHOLE_IMAGE, rf_caption, rf_text
 
@@ -216,11 +217,12 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--max-runs", type=int, help="end after this many runs")
     w.add_argument("--id", help=argparse.SUPPRESS)  # given by the app's worker pool
     w.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # the pool's pid
+    inspect_cli.add_parser(sub)
     return p
 
 
 COMMANDS = {"presets": cmd_presets, "summary": cmd_summary, "conv": cmd_conv, "bench": cmd_bench,
-            "worker": cmd_worker}
+            "worker": cmd_worker, "predict": inspect_cli.run}
 
 
 def main(argv: list[str] | None = None) -> int:

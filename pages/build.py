@@ -383,6 +383,7 @@ with right:
     if error:
         st.error(f"{error} The last model that worked is shown below.")
     st.markdown(f"#### {name} · {cls.title} on {shape_text(spec.input_shape)}")
+    st.page_link("pages/inspect.py", label="Inspect it on an image", icon=":material/visibility:")
     # A radio rather than st.tabs: only the view on screen is computed, which keeps every
     # widget change quick.
     view = st.radio("View", VIEWS, horizontal=True, key=drawn(VIEW_SAVED, "build_view"),
