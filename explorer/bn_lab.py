@@ -14,7 +14,6 @@ import enum
 import io
 import logging
 import math
-import sqlite3
 import statistics
 import threading
 import time
@@ -37,6 +36,7 @@ from explorer.bn import (
 )
 from explorer.bn.rng import local_rng
 from explorer.data import ImageDataset
+from explorer.db import database_errors
 from explorer.errors import ConfigError
 from explorer.jobs import DataRef
 from explorer.models import BUILDERS, build
@@ -378,7 +378,7 @@ class StoredBNRecorder(BNStatsRecorder):
         try:
             self.store.save_artifact(self.run_id, STATS_ARTIFACT, self.to_bytes())
             self.store.save_artifact(self.run_id, HISTOGRAMS_ARTIFACT, self.histograms.to_bytes())
-        except (ConfigError, sqlite3.Error) as e:  # e.g. the run was deleted meanwhile
+        except (ConfigError, *database_errors()) as e:  # e.g. the run was deleted meanwhile
             self._fail("saving", e)
             return False
         self.saves += 1

@@ -34,6 +34,16 @@ CONNECT_TIMEOUT_S = 10.0
 _SCHEMA_LOCK = 0x52554E53  # "RUNS": one process at a time creates or migrates the tables
 
 
+def database_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a store operation may raise from either back end's driver."""
+    errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    try:
+        import psycopg
+    except ImportError:  # an install without PostgreSQL support
+        return errors
+    return (*errors, psycopg.Error)
+
+
 def is_url(location: str | Path) -> bool:
     """True for a PostgreSQL URL, False for an SQLite file path."""
     return str(location).startswith(URL_SCHEMES)

@@ -57,9 +57,15 @@ class JobSnapshot:
         return self.status in FINAL
 
 
-def job_callbacks(store: RunStore, run_id: int, job: Mapping[str, Any]) -> list[object]:
-    """The training callbacks a job asks for, made in the worker (e.g. a BN recorder)."""
-    callbacks: list[object] = []
+def job_callbacks(store: RunStore, run_id: int, job: Mapping[str, Any],
+                  spec: Any = None) -> list[object]:
+    """The training callbacks of a job, made in the worker: its weights, and what the job asks
+    for (e.g. a BN recorder)."""
+    from explorer.weights import WeightsCallback
+
+    # Every run keeps its final weights (small models every epoch's) for the Inspect page.
+    callbacks: list[object] = [WeightsCallback(store.path, run_id, spec=spec,
+                                               dataset=job.get("dataset"))]
     recorder = job.get("recorder")
     if isinstance(recorder, Mapping):
         from explorer.bn_lab import StoredBNRecorder
@@ -180,3 +186,6 @@ class JobManager:
             raise ConfigError(f"run {job_id} was training and is stopping now; delete it once "
                               f"it has stopped.")
         self.store.delete_run(job_id)
+        from explorer.weights import delete_weights
+
+        delete_weights(self.store.path, job_id)

@@ -317,6 +317,8 @@ class RunStore(QueueOps):
             "session": row["session"], "device": row["device"],
             "total_steps": row["total_steps"],
             "stop_requested": row["stop_requested"] is not None,
+            # The dataset a worker trained it on (runs queued as jobs), for Inspect.
+            "dataset": json.loads(row["job"]).get("dataset") if row["job"] else None,
         }
 
     def get_run(self, run_id: int) -> dict[str, Any]:
@@ -359,7 +361,7 @@ class RunStore(QueueOps):
             run = self._run_dict(self._require(tx, run_id))
             rows = tx.all("SELECT kind, step, epoch, data FROM metrics WHERE run_id=? "
                           "ORDER BY rowid", (run_id,))
-        for key in ("id", "session", "device", "total_steps", "stop_requested"):
+        for key in ("id", "session", "device", "total_steps", "stop_requested", "dataset"):
             run.pop(key)
         return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **run,
                 "metrics": [{"kind": r["kind"], "step": r["step"], "epoch": r["epoch"],

@@ -105,13 +105,17 @@ def weights_dir(where: Any = None) -> Path:
     """The weights folder for a store: a RunStore, a store file path, or a folder; None = default.
 
     A path that names an existing directory is the weights folder itself; any other path is
-    taken as the store file, and its folder's ``weights`` subfolder is used.
+    taken as the store file, and its folder's ``weights`` subfolder is used. A store that is a
+    database URL (PostgreSQL) keeps them in $EXPLORER_WEIGHTS_DIR, else ./weights: on several
+    machines, a folder they all share.
     """
     if where is None:
         from explorer.runs import default_store_path
 
         where = default_store_path()
     path = getattr(where, "path", where)  # a RunStore has .path
+    if "://" in str(path):
+        return Path(os.environ.get("EXPLORER_WEIGHTS_DIR") or "weights")
     path = Path(path)
     if str(path) == ":memory:":
         raise ConfigError("a run store in memory has no folder to keep weights in; open the "

@@ -163,7 +163,7 @@ class Worker:
                     store.set_total_steps(run_id, ctx.total_steps)
 
             callbacks = [Progress(), StoreCallback(store, run_id),
-                         *job_callbacks(store, run_id, job)]
+                         *job_callbacks(store, run_id, job, spec)]
             idle0 = idle_clock()
             result = train(model, spec.input_shape, spec.num_classes, data, config,
                            callbacks=callbacks, stop_event=stop_event, device=self.device)

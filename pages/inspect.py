@@ -205,7 +205,7 @@ def main() -> None:
         names = list(DATASETS)
         default = OFFLINE
         if key[0] == "run":
-            default = store().get_run(key[1])["config"].get("dataset", OFFLINE)
+            default = store().get_run(key[1])["dataset"] or OFFLINE
         data_name = st.selectbox("Dataset", names, key="in_data",
                                  index=names.index(default) if default in names else 0,
                                  format_func=lambda n: DATASETS[n].title)
