@@ -132,6 +132,12 @@ def cmd_worker(args: argparse.Namespace) -> None:
     worker_main(args.db, args.device, args.id, args.parent, args.threads, args.max_runs)
 
 
+def cmd_ray_dispatch(args: argparse.Namespace) -> None:
+    from explorer.ray_runner import main as dispatch_main
+
+    dispatch_main(args.db, args.address)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one sentence on stderr (and exit status 2)."""
 
@@ -176,11 +182,17 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--max-runs", type=int, help="end after this many runs")
     w.add_argument("--id", help=argparse.SUPPRESS)  # given by the app's worker pool
     w.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # the pool's pid
+
+    r = sub.add_parser("ray-dispatch", help="train the run store's queued runs as tasks on a Ray "
+                                            "cluster (the app starts its own when $RAY_ADDRESS "
+                                            "is set)")
+    r.add_argument("--db", help="the run store ($EXPLORER_RUNS_DB, else ./runs.sqlite)")
+    r.add_argument("--address", help="the Ray cluster, host:port ($RAY_ADDRESS)")
     return p
 
 
 COMMANDS = {"presets": cmd_presets, "summary": cmd_summary, "conv": cmd_conv, "bench": cmd_bench,
-            "worker": cmd_worker}
+            "worker": cmd_worker, "ray-dispatch": cmd_ray_dispatch}
 
 
 def main(argv: list[str] | None = None) -> int:
