@@ -127,8 +127,11 @@ def _gpu_memory() -> int:
     return int(torch.cuda.get_device_properties(0).total_memory)
 
 
-# Ray must not run a crashed task again by itself: the store decides (settle_worker).
+# Ray must not run a crashed task again by itself: the store decides (settle_worker). A GPU
+# run gets a fresh worker process: CUDA keeps the GPU it first saw, whatever Ray assigns next,
+# and the process's exit gives the GPU's memory back.
 _train_remote = ray.remote(max_retries=0)(train_run)
+_train_gpu_remote = ray.remote(max_retries=0, max_calls=1)(train_run)
 _probe_remote = ray.remote(max_retries=0, num_cpus=0, num_gpus=0.01)(_gpu_memory)
 
 
@@ -323,7 +326,8 @@ class RayDispatcher:
     def _submit(self, run: dict[str, Any], ident: str, request: dict[str, float]) -> None:
         run_id = int(run["id"])
         try:
-            ref = _train_remote.options(
+            remote = _train_gpu_remote if request.get("GPU") else _train_remote
+            ref = remote.options(
                 name=f"explorer-run-{run_id}", num_cpus=request["CPU"],
                 num_gpus=request.get("GPU", 0.0)).remote(
                 self.location, run, ident, self.device_type, max(1, int(request["CPU"])))
