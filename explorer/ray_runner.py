@@ -86,6 +86,23 @@ def gpu_fraction(footprint: int | None, gpu_memory: int | None, default: float) 
     return min(1.0, max(MIN_GPU_FRACTION, share))
 
 
+def room(free: dict[str, float], settings: Settings, gpu_memory: int | None,
+         gpus: bool) -> tuple[bool, int | None]:
+    """Whether one more run can start now on resources ``free``, and the largest footprint
+    (bytes) it may have (None: any). On GPUs the free share must hold a run of unknown size
+    (``settings.gpu_fraction``), since a claim cannot pass over such runs."""
+    if free.get("CPU", 0.0) + 1e-9 < settings.cpus:
+        return False, None
+    if not gpus:
+        return True, None
+    share = free.get("GPU", 0.0)
+    if share + 1e-9 < max(MIN_GPU_FRACTION, settings.gpu_fraction):
+        return False, None
+    if share < 1.0 and gpu_memory:
+        return True, int(share * gpu_memory)
+    return True, None
+
+
 def runtime_env() -> dict[str, Any]:
     """The tasks' environment: this checkout's ``explorer`` package, shipped by Ray to every
     node (so the nodes need only the same Python packages), and the app's settings."""
@@ -302,21 +319,18 @@ class RayDispatcher:
     def _dispatch(self) -> None:
         """Claim and submit runs while the cluster has room for one more."""
         free = self.free()
-        cpus = self.settings.cpus
-        while not self._closed.is_set() and free["CPU"] + 1e-9 >= cpus:
-            max_footprint = None
-            if self.device_type == "cuda":
-                if free["GPU"] + 1e-9 < max(MIN_GPU_FRACTION, self.settings.gpu_fraction):
-                    return
-                if free["GPU"] < 1.0 and self.gpu_memory:
-                    max_footprint = int(free["GPU"] * self.gpu_memory)
+        while not self._closed.is_set():
+            fits, max_footprint = room(free, self.settings, self.gpu_memory,
+                                       self.device_type == "cuda")
+            if not fits:
+                return
             self._count += 1
             ident = f"{self.prefix}-{self._count}"
             run = self.store.claim(ident, f"{self.device_type} (Ray)", self.device_type,
                                    max_footprint)
             if run is None:
                 return
-            request = {"CPU": cpus}
+            request = {"CPU": self.settings.cpus}
             if self.device_type == "cuda":
                 request["GPU"] = gpu_fraction(run.get("footprint"), self.gpu_memory,
                                               self.settings.gpu_fraction)

@@ -29,6 +29,7 @@ from explorer.ray_runner import (
     RayDispatcher,
     Settings,
     gpu_fraction,
+    room,
     runtime_env,
     settle_task,
 )
@@ -232,6 +233,20 @@ def test_a_run_asks_for_its_share_of_a_gpu():
     assert gpu_fraction(100 * GIB, 80 * GIB, 0.25) == 1.0  # at most one whole GPU
     assert gpu_fraction(None, 80 * GIB, 0.3) == 0.3  # unknown footprint: the default
     assert gpu_fraction(4 * GIB, None, 0.3) == 0.3  # unknown GPU: the default
+
+
+def test_a_run_is_claimed_only_when_the_free_resources_hold_it():
+    one_cpu = Settings(gpu_fraction=0.25, cpus=1.0)
+    assert room({"CPU": 2.0}, one_cpu, None, gpus=False) == (True, None)
+    assert room({"CPU": 0.5}, one_cpu, None, gpus=False) == (False, None)
+    # Half of an 80 GiB GPU free: a run of up to 40 GiB fits.
+    assert room({"CPU": 2.0, "GPU": 0.5}, one_cpu, 80 * GIB, gpus=True) == (True, 40 * GIB)
+    # 0.2 free cannot hold a run of unknown size (0.25), nor anything without a free CPU.
+    assert room({"CPU": 2.0, "GPU": 0.2}, one_cpu, 80 * GIB, gpus=True) == (False, None)
+    assert room({"CPU": 0.0, "GPU": 1.0}, one_cpu, 80 * GIB, gpus=True) == (False, None)
+    # A whole GPU or more free, or an unknown GPU size: any run.
+    assert room({"CPU": 2.0, "GPU": 1.5}, one_cpu, 80 * GIB, gpus=True) == (True, None)
+    assert room({"CPU": 2.0, "GPU": 0.5}, one_cpu, None, gpus=True) == (True, None)
 
 
 def test_settings_come_from_the_environment_and_bad_ones_are_sentences(monkeypatch):
