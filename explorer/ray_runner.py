@@ -111,6 +111,20 @@ def runtime_env() -> dict[str, Any]:
     return {"py_modules": [str(Path(__file__).resolve().parent)], "env_vars": shipped}
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse a ``host:port`` address where nothing listens, with a sentence: ray.init would
+    retry for minutes, holding the page that started the server."""
+    host, _, port = (address or "").rpartition(":")
+    if not host or "/" in host or not port.isdigit():
+        return  # auto, ray://…, or none: Ray finds or starts the cluster itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"the Ray cluster at {address} ($RAY_ADDRESS) does not answer "
+                          f"({exc.strerror or exc}); start its head with `ray start --head` or "
+                          f"unset RAY_ADDRESS to train on this machine.") from None
+
+
 def absolute_location(location: str | Path) -> str:
     """A store location that means the same in a Ray worker: a file path made absolute."""
     text = str(location)
@@ -225,6 +239,7 @@ class RayDispatcher:
     def _connect(self) -> None:
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
+            check_reachable(self.address)
             ray.init(address=self.address, runtime_env=runtime_env(), log_to_driver=False,
                      namespace="cnn-explorer", logging_level=logging.WARNING)
         self.gpus = float(ray.cluster_resources().get("GPU", 0.0))

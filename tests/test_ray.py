@@ -28,6 +28,7 @@ from explorer.ray_runner import (
     WORKER_GONE,
     RayDispatcher,
     Settings,
+    check_reachable,
     gpu_fraction,
     room,
     runtime_env,
@@ -247,6 +248,19 @@ def test_a_run_is_claimed_only_when_the_free_resources_hold_it():
     # A whole GPU or more free, or an unknown GPU size: any run.
     assert room({"CPU": 2.0, "GPU": 1.5}, one_cpu, 80 * GIB, gpus=True) == (True, None)
     assert room({"CPU": 2.0, "GPU": 0.5}, one_cpu, None, gpus=True) == (True, None)
+
+
+def test_an_address_where_no_cluster_listens_is_a_sentence_not_minutes_of_retries(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match=rf"the Ray cluster at 127.0.0.1:{port} \(\$RAY_ADDRESS\) "
+                                          r"does not answer .*unset RAY_ADDRESS"):
+        check_reachable(f"127.0.0.1:{port}", timeout=2.0)
+    check_reachable("auto")  # Ray looks for it itself
+    check_reachable(None)
 
 
 def test_settings_come_from_the_environment_and_bad_ones_are_sentences(monkeypatch):
