@@ -173,6 +173,12 @@ def cmd_worker(args: argparse.Namespace) -> None:
     worker_main(args.db, args.device, args.id, args.parent, args.threads, args.max_runs)
 
 
+def cmd_ray_dispatch(args: argparse.Namespace) -> None:
+    from explorer.ray_runner import main as dispatch_main
+
+    dispatch_main(args.db, args.address)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one sentence on stderr (and exit status 2)."""
 
@@ -211,18 +217,27 @@ def parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="train the run store's queued runs (the app starts its "
                                       "own workers; this one is started by hand)")
-    w.add_argument("--db", help="the run store ($EXPLORER_RUNS_DB, else ./runs.sqlite)")
+    w.add_argument("--db", help="the run store, a SQLite file or a postgresql:// URL "
+                   "($EXPLORER_RUNS_DB, else ./runs.sqlite; keep a password in the variable)")
     w.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     w.add_argument("--threads", type=int, help="torch threads (default: every core)")
     w.add_argument("--max-runs", type=int, help="end after this many runs")
     w.add_argument("--id", help=argparse.SUPPRESS)  # given by the app's worker pool
     w.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # the pool's pid
     inspect_cli.add_parser(sub)
+
+    r = sub.add_parser("ray-dispatch", help="train the run store's queued runs as tasks on a Ray "
+                                            "cluster (the app starts its own when $RAY_ADDRESS "
+                                            "is set)")
+    r.add_argument("--db", help="the run store, a SQLite file or a postgresql:// URL "
+                   "($EXPLORER_RUNS_DB, else ./runs.sqlite; keep a password in the variable)")
+    r.add_argument("--address", help="the Ray cluster, host:port ($RAY_ADDRESS)")
     return p
 
 
 COMMANDS = {"presets": cmd_presets, "summary": cmd_summary, "conv": cmd_conv, "bench": cmd_bench,
-            "worker": cmd_worker, "predict": inspect_cli.run}
+            "worker": cmd_worker, "ray-dispatch": cmd_ray_dispatch,
+            "predict": inspect_cli.run}
 
 
 def main(argv: list[str] | None = None) -> int:

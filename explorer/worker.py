@@ -1,8 +1,10 @@
 """A worker process: claims queued runs from the store and trains them, one at a time.
 
 The app starts one per device slot (``explorer.pool``); ``python -m explorer worker`` starts one
-by hand. Training never runs in the web server, so nothing a page does (fx tracing, seeding, an
-out-of-memory kill) can reach a run, and a run that kills its worker takes only itself down.
+by hand. On a Ray cluster a task trains one claimed run with the same ``Worker.execute``
+(``explorer.ray_runner``). Training never runs in the web server, so nothing a page does (fx
+tracing, seeding, an out-of-memory kill) can reach a run, and a run that kills its worker takes
+only itself down.
 
 A watcher thread beside the training beats for the run in the store and polls for a stop: a stop
 ends the run after the step in flight, and a step that does not end within ``STOP_GRACE_S``
@@ -40,6 +42,9 @@ STOP_GRACE_S = 0.5  # a step may finish this long after a stop, then the process
 STOP_EXIT = 3  # exit status of a worker that ended itself to stop a run
 
 
+DatasetCache = OrderedDict[tuple[str, str, bool], ImageDataset]  # the two last used
+
+
 def worker_id() -> str:
     """host:pid:token, unique even when a pid is reused."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -55,16 +60,19 @@ class Worker:
             worker's run).
         parent: the pool's pid; the worker ends when that process is gone.
         max_footprint: bytes of device memory one run may need on this worker (None: any).
+        datasets: the loaded datasets to reuse (a Ray worker process keeps one cache across
+            the runs it trains); None: the worker's own.
     """
 
     def __init__(self, store: RunStore, device: str = "auto", ident: str | None = None,
-                 parent: int | None = None, max_footprint: int | None = None) -> None:
+                 parent: int | None = None, max_footprint: int | None = None,
+                 datasets: DatasetCache | None = None) -> None:
         self.store = store
         self.device = resolve_device(device)
         self.ident = ident or worker_id()
         self.parent = parent
         self.max_footprint = max_footprint
-        self._datasets: OrderedDict[tuple[str, str, bool], ImageDataset] = OrderedDict()
+        self._datasets: DatasetCache = OrderedDict() if datasets is None else datasets
         self._quit = threading.Event()
 
     def stop(self) -> None:

@@ -137,8 +137,9 @@ def shape_text(shape) -> str:
 
 @st.cache_resource
 def get_pool():
-    """The server's local worker processes (one per device slot), started on first use; None
-    when $EXPLORER_LOCAL_WORKERS is 0 (workers started by hand, or elsewhere)."""
+    """The server's local worker processes (one per device slot), or its dispatcher of runs to
+    the Ray cluster at $RAY_ADDRESS, started on first use; None when $EXPLORER_LOCAL_WORKERS is
+    0 (workers started by hand, or elsewhere)."""
     import atexit
     import os
 
@@ -147,7 +148,12 @@ def get_pool():
 
     if os.environ.get("EXPLORER_LOCAL_WORKERS", "1") == "0":
         return None
-    pool = WorkerPool(default_store_path())
+    if os.environ.get("RAY_ADDRESS"):
+        from explorer.ray_runner import RayDispatcher
+
+        pool = RayDispatcher(default_store_path(), os.environ["RAY_ADDRESS"])
+    else:
+        pool = WorkerPool(default_store_path())
     atexit.register(pool.close)
     return pool
 
