@@ -66,8 +66,8 @@ def test_store_records_a_run_and_its_metrics_as_they_are_measured(store):
     assert run["created_at"] <= run["started_at"] <= run["finished_at"]
     frame = store.metrics(run_id)
     steps, epochs = frame[frame.kind == "step"], frame[frame.kind == "epoch"]
-    # 128 // 32 = 4 steps per epoch, reported every 2 steps: steps 2, 4, 6, 8.
-    assert steps.step.tolist() == [2, 4, 6, 8] and epochs.epoch.tolist() == [1, 2]
+    # 128 // 32 = 4 steps per epoch, reported after the first step and every 2 steps.
+    assert steps.step.tolist() == [1, 2, 4, 6, 8] and epochs.epoch.tolist() == [1, 2]
     assert steps.loss.tolist() == pytest.approx([m["loss"] for m in result.step_metrics])
     assert epochs.test_acc.tolist() == pytest.approx(
         [m["test_acc"] for m in result.epoch_metrics])
