@@ -315,7 +315,7 @@ class RunStore(QueueOps):
             "error": row["error"], "created_at": row["created_at"],
             "started_at": row["started_at"], "finished_at": row["finished_at"],
             "session": row["session"], "device": row["device"],
-            "total_steps": row["total_steps"],
+            "total_steps": row["total_steps"], "footprint": row["footprint"],
             "stop_requested": row["stop_requested"] is not None,
             # The dataset a worker trained it on (runs queued as jobs), for Inspect.
             "dataset": json.loads(row["job"]).get("dataset") if row["job"] else None,
@@ -361,7 +361,8 @@ class RunStore(QueueOps):
             run = self._run_dict(self._require(tx, run_id))
             rows = tx.all("SELECT kind, step, epoch, data FROM metrics WHERE run_id=? "
                           "ORDER BY rowid", (run_id,))
-        for key in ("id", "session", "device", "total_steps", "stop_requested", "dataset"):
+        for key in ("id", "session", "device", "total_steps", "footprint", "stop_requested",
+                    "dataset"):
             run.pop(key)
         return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **run,
                 "metrics": [{"kind": r["kind"], "step": r["step"], "epoch": r["epoch"],
