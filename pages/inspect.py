@@ -9,8 +9,10 @@ import streamlit as st
 import torch
 
 from explorer import inspect_charts as ic
+from explorer.bounded import parse_id
 from explorer.data import DATASETS, OFFLINE
 from explorer.errors import ConfigError
+from explorer.forms import md_escape
 from explorer.inspect import (
     evaluate,
     first_conv,
@@ -61,7 +63,22 @@ def evaluation_for(key: tuple, data_name: str):
     return evaluate(model, dataset(data_name, "", False), spec.input_shape)
 
 
+def linked_run() -> None:
+    """A link's ?run=ID (from Train's history) opens that run, once per link."""
+    raw = st.query_params.get("run")
+    if raw == state.get("in_linked"):
+        return
+    state["in_linked"] = raw
+    if raw:
+        try:
+            state["in_run"] = parse_id(raw, "run")
+            state["in_source"] = SOURCES[0]
+        except ConfigError as exc:
+            st.warning(md_escape(str(exc)))
+
+
 def choose_model() -> tuple | None:
+    linked_run()
     source = st.radio("Model", SOURCES, key="in_source", horizontal=True)
     if source == SOURCES[1]:
         return ("build", current_spec().to_json(None))
@@ -71,6 +88,10 @@ def choose_model() -> tuple | None:
                 "model untrained.")
         return None
     by_id = {r["id"]: r for r in runs}
+    if state.get("in_run") not in by_id:  # a link's run that is unknown or still training
+        if state.get("in_run") is not None:
+            st.info(f"Run {state['in_run']} is not a finished run on this server; pick another.")
+        state.pop("in_run", None)
     run_id = st.selectbox("Run", list(by_id), key="in_run",
                           format_func=lambda i: f"#{i} {by_id[i]['name']} ({by_id[i]['status']})")
     files = run_files(store(), run_id)

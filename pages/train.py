@@ -349,6 +349,9 @@ def history() -> None:
         csv = pd.concat([f.assign(run=k) for k, f in frames.items()]).to_csv(index=False)
         c1, c2, c3 = st.columns(3)
         c1.download_button("Metrics (CSV)", csv, "metrics.csv", "text/csv")
+        for i in chosen[:2]:  # its weights through an image: feature maps, receptive fields
+            c1.page_link("pages/inspect.py", label=f"Inspect run #{i}",
+                         icon=":material/visibility:", query_params={"run": str(i)})
         c2.download_button("Runs (JSON, to import elsewhere)",  # made on click, not kept
                            lambda: runs_to_json([store.export_run(i) for i in chosen]),
                            "runs.json", "application/json")

@@ -168,3 +168,22 @@ def test_a_run_with_epoch_weights_shows_each_epochs_model():
     assert not at.exception
     assert np.allclose(figure(at, "Prediction:")["data"][0]["x"], _probs(models[1], image),
                        atol=1e-6)
+
+
+def test_a_link_from_train_opens_its_run_and_a_bad_one_is_a_sentence():
+    from explorer.registry import get_preset
+    from explorer.runs import RunStore
+
+    store = RunStore()
+    spec = get_preset("course_lenet5").spec.to_dict()
+    run = store.create_run("linked", spec, {"epochs": 1}, status="completed")
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.query_params["run"] = str(run)
+    at.switch_page("pages/inspect.py").run()
+    assert not at.exception, at.exception
+    assert at.radio(key="in_source").value.startswith("A training run")
+    assert at.selectbox(key="in_run").value == run
+    bad = AppTest.from_file(APP, default_timeout=300)
+    bad.query_params["run"] = "²"
+    bad.switch_page("pages/inspect.py").run()
+    assert not bad.exception and any("run" in w.value for w in bad.warning)
