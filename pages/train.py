@@ -192,15 +192,20 @@ def settings_panel() -> None:
                          f"{classes}-way classifier.")
 
 
+def capitalised(text: str) -> str:
+    """A refusal's sentence as the page shows it (explorer's sentences start in lower case)."""
+    return text[:1].upper() + text[1:]
+
+
 def estimate_line() -> None:
     """The run's price before Start, or the sentence Start would answer with."""
     try:
         _name, _ref, _data, price = priced()
     except ConfigError as exc:
-        st.warning(md_escape(str(exc)[0].upper() + str(exc)[1:]))
+        st.warning(md_escape(capitalised(str(exc))))
         return
     if price.refusal is not None:
-        st.warning(md_escape(f"{str(price.refusal)[0].upper()}{str(price.refusal)[1:]}"))
+        st.warning(md_escape(capitalised(str(price.refusal))))
     else:
         st.caption(price.sentence)
 
@@ -248,7 +253,7 @@ def live_panel(job_id: int) -> None:
     with status_col:
         status_line(job_id, snap)
         if "tr_stop_msg" in state:
-            st.error(state.pop("tr_stop_msg"))
+            st.error(md_escape(capitalised(state.pop("tr_stop_msg"))))
     last = snap.step_metrics[-1] if snap.step_metrics else {}
     epochs = snap.epoch_metrics
     if snap.total_steps:
@@ -391,7 +396,7 @@ with left:
     estimate_line()
     st.button("Start training", type="primary", on_click=start, width="stretch")
     if "tr_error" in state:
-        st.error(state.pop("tr_error"))
+        st.error(md_escape(capitalised(state.pop("tr_error"))))
 # The URL reopens what is shown: the settings, the model (a preset, or the Build page's spec in
 # the Build page's own parameters) and the run on the right.
 wanted = {k: str(state[k]) for k in SETTINGS} | {

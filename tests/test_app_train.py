@@ -1,5 +1,6 @@
 """AppTest of the Train page: start a tiny run, watch it finish, reattach from the URL."""
 
+import re
 import time
 from pathlib import Path
 
@@ -8,6 +9,11 @@ from streamlit.testing.v1 import AppTest
 from explorer.runs import EXPORT_FORMAT
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def rendered(markdown: str) -> str:
+    """The text a message shows: the page escapes what a visitor typed (CommonMark 2.4)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def train_page(query: dict | None = None) -> AppTest:
@@ -63,11 +69,12 @@ def test_missing_dataset_is_a_sentence_naming_the_directory(tmp_path):
     at.text_input(key="tr_dir").set_value("course").run()
     next(b for b in at.button if b.label == "Start training").click().run()
     assert not at.exception
-    assert at.error and "EXPLORER_DATA_DIR/course" in at.error[0].value
-    assert "train-images-idx3-ubyte" in at.error[0].value and "/tmp" not in at.error[0].value
+    message = rendered(at.error[0].value) if at.error else ""
+    assert "EXPLORER_DATA_DIR/course" in message
+    assert "train-images-idx3-ubyte" in message and "/tmp" not in message
     at.text_input(key="tr_dir").set_value(str(tmp_path)).run()  # any other path is refused
     next(b for b in at.button if b.label == "Start training").click().run()
-    assert not at.exception and "other paths on the server" in at.error[0].value
+    assert not at.exception and "other paths on the server" in rendered(at.error[0].value)
 
 
 def test_bad_setting_is_a_sentence():
@@ -102,7 +109,7 @@ def test_runs_import_from_a_file_and_bad_files_store_nothing():
     before = len(RunStore().list_runs())
     at = train_page()
     at.file_uploader(key="tr_import").upload("bad.json", b"{oops", "application/json").run()
-    assert not at.exception and "not valid JSON" in at.error[0].value
+    assert not at.exception and "not valid JSON" in rendered(at.error[0].value)
     assert len(RunStore().list_runs()) == before
     at.file_uploader(key="tr_import").upload(
         "runs.json", runs_to_json([good]).encode(), "application/json").run()
@@ -322,14 +329,14 @@ def test_the_estimate_shows_before_start_and_refusals_are_sentences(monkeypatch)
     # vgg16 has torchvision's 1000-way head; the offline digits have 10 classes.
     at.selectbox(key="tr_preset").select("vgg16").run()
     classes = "The model vgg16 has a 1000-way head but the 5,000 MNIST digits (offline) have 10"
-    assert any(classes in w.value for w in at.warning)
+    assert any(classes in rendered(w.value) for w in at.warning)
     before = len(RunStore().list_runs(limit=10_000))
     button(at, "Start training").click().run()
-    assert any(classes in e.value for e in at.error)
+    assert any(classes in rendered(e.value) for e in at.error)
     # With a 10-way head it is the time budget that refuses it, naming a cheaper fix.
     at.checkbox(key="tr_head").check().run()
     monkeypatch.setenv("EXPLORER_RUN_BUDGET_S", "60")
     button(at, "Start training").click().run()
-    assert any("over the limit of 60 s per run; choose" in e.value for e in at.error)
+    assert any("over the limit of 60 s per run; choose" in rendered(e.value) for e in at.error)
     assert len(RunStore().list_runs(limit=10_000)) == before  # nothing was queued
     assert not at.exception

@@ -37,9 +37,10 @@ def test_two_students_see_the_estimate_the_queue_and_stop(app_url, browser, scre
         # The first student sees progress with an estimate of the time left.
         first.get_by_text(re.compile(r"step [\d,]+ of [\d,]+, about .* left")).wait_for(
             timeout=120_000)
-        second.get_by_role("button", name="Stop").click()
+        # The page's Stop (key stop_ID), not the toolbar's, which stops the script's rerun.
+        second.locator(f".st-key-stop_{b} button").click()
         second.get_by_text(f"Your run {b} stopped").wait_for(timeout=30_000)
-        first.get_by_role("button", name="Stop").click()
+        first.locator(f".st-key-stop_{a} button").click()
         first.get_by_text(f"Your run {a} stopped").wait_for(timeout=30_000)
         screenshot(first, "train-stopped-first-student")
     finally:
