@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import streamlit as st
 import torch
@@ -383,7 +384,10 @@ with right:
     if error:
         st.error(f"{error} The last model that worked is shown below.")
     st.markdown(f"#### {name} · {cls.title} on {shape_text(spec.input_shape)}")
-    st.page_link("pages/inspect.py", label="Inspect it on an image", icon=":material/visibility:")
+    # An absolute path: st.page_link matches it against st.navigation's pages wherever the
+    # entry script lives.
+    st.page_link(Path(__file__).resolve().parent / "inspect.py", label="Inspect it on an image",
+                 icon=":material/visibility:")
     # A radio rather than st.tabs: only the view on screen is computed, which keeps every
     # widget change quick.
     view = st.radio("View", VIEWS, horizontal=True, key=drawn(VIEW_SAVED, "build_view"),

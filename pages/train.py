@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -355,7 +356,7 @@ def history() -> None:
         c1, c2, c3 = st.columns(3)
         c1.download_button("Metrics (CSV)", csv, "metrics.csv", "text/csv")
         for i in chosen[:2]:  # its weights through an image: feature maps, receptive fields
-            c1.page_link("pages/inspect.py", label=f"Inspect run #{i}",
+            c1.page_link(Path(__file__).resolve().parent / "inspect.py", label=f"Inspect run #{i}",
                          icon=":material/visibility:", query_params={"run": str(i)})
         c2.download_button("Runs (JSON, to import elsewhere)",  # made on click, not kept
                            lambda: runs_to_json([store.export_run(i) for i in chosen]),

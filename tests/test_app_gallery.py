@@ -9,15 +9,16 @@ from streamlit.testing.v1 import AppTest
 from explorer.registry import PRESETS, preset_names
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD, GALLERY, COMPARE = (str(ROOT / "pages" / f"{n}.py") for n in ("build", "gallery",
-                                                                        "compare"))
+BUILD, GALLERY, COMPARE, INSPECT = (str(ROOT / "pages" / f"{n}.py")
+                                    for n in ("build", "gallery", "compare", "inspect"))
 # A navigation like app.py's with the pages this test needs (absolute paths, so the script can
 # live anywhere); it does not depend on app.py listing the new pages yet.
 NAV = f"""
 import streamlit as st
 pages = [st.Page({BUILD!r}, title="Build", default=True, url_path="build"),
          st.Page({GALLERY!r}, title="Gallery", url_path="gallery"),
-         st.Page({COMPARE!r}, title="Compare", url_path="compare")]
+         st.Page({COMPARE!r}, title="Compare", url_path="compare"),
+         st.Page({INSPECT!r}, title="Inspect", url_path="inspect")]
 st.navigation(pages).run()
 """
 

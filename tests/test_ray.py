@@ -124,8 +124,8 @@ def test_a_run_on_ray_learns_and_writes_its_metrics_to_the_store(manager):
 def test_a_short_run_reports_every_second_step(manager):
     snap = manager.wait(submit(manager, "short"), timeout=180)
     assert snap.status == "completed", snap.error
-    # max_steps 8, a report every 2 steps: steps 2, 4, 6 and 8.
-    assert [r["step"] for r in snap.step_metrics] == [2, 4, 6, 8]
+    # max_steps 8, a report after the first step and every 2 steps: 1, 2, 4, 6 and 8.
+    assert [r["step"] for r in snap.step_metrics] == [1, 2, 4, 6, 8]
 
 
 def test_stop_ends_a_ray_run_within_a_few_seconds_and_keeps_its_metrics(manager):

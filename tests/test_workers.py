@@ -151,9 +151,10 @@ def test_on_a_postgresql_store_a_worker_trains_a_run_and_another_server_stops_on
             snap = JobManager(store).wait(job, timeout=180)
             assert snap.status == "completed", snap.error
             assert (snap.step, snap.total_steps, snap.device) == (8, 8, "cpu")  # max_steps=8
-        # Reported every 2 of the 8 steps: 4 step rows, read back with the plain driver.
-        assert raw_sql(postgres_url, f"SELECT step FROM metrics WHERE run_id = {job} "
-                                     "AND kind = 'step' ORDER BY step") == [(2,), (4,), (6,), (8,)]
+        # Reported after the first step and every 2 of the 8: 5 step rows, read back with the
+        # plain driver.
+        assert raw_sql(postgres_url, f"SELECT step FROM metrics WHERE run_id = {job} AND "
+                       "kind = 'step' ORDER BY step") == [(1,), (2,), (4,), (6,), (8,)]
         for pid in pool.pids:
             assert b"s3cret" not in Path(f"/proc/{pid}/cmdline").read_bytes()
         # A second app process on the same database sees a run of this one live and stops it.
