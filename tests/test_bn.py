@@ -2,13 +2,13 @@
 
 import copy
 import math
-import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torchvision
+from background import training_beside
 from torch import nn
 
 from explorer.bn import (
@@ -29,9 +29,7 @@ from explorer.bn import (
     train_vs_eval,
 )
 from explorer.bn.rng import local_rng
-from explorer.data import ImageDataset
 from explorer.errors import ConfigError
-from explorer.training import TrainConfig, train
 
 torch.set_num_threads(1)
 
@@ -282,53 +280,18 @@ def test_fold_falls_back_to_sequential_scan_when_fx_fails():
         torch.testing.assert_close(fold_bn(model)(x), model(x), atol=1e-5, rtol=0)
 
 
-def _noise_digits(n: int = 256) -> ImageDataset:
-    """Random 1×8×8 uint8 images with random labels: enough for a run to take steps."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 10, (n,), generator=g)
-    return ImageDataset("noise", x, y, x[:32], y[:32], tuple(str(i) for i in range(10)))
-
-
 def test_find_foldable_beside_a_training_thread():
     """Issue 10's reproduction: torch.fx's tracer patched nn.Module.__call__ for the whole
     process, and a run training meanwhile failed with "... is not installed as a submodule"
     (checked with the fx version: the thread below died at its first step)."""
     torch.manual_seed(0)
     resnet50 = torchvision.models.resnet50(weights=None)
-    stop, started = threading.Event(), threading.Event()
-    outcome: dict[str, object] = {}
-    steps: list[int] = []
-
-    class Progress:
-        def on_step_end(self, ctx, metrics):
-            steps.append(ctx.step)
-            started.set()
-
-    def run() -> None:
-        try:
-            model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
-            outcome["result"] = train(model, (1, 8, 8), 10, _noise_digits(),
-                                      TrainConfig(batch_size=32, epochs=100_000, device="cpu"),
-                                      callbacks=[Progress()], stop_event=stop)
-        except BaseException as e:  # noqa: BLE001 - the test reports whatever the run raised
-            outcome["error"] = e
-        finally:
-            started.set()
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    try:
-        assert started.wait(60)
-        before = len(steps)
+    with training_beside() as run:
+        before = len(run.seen)
         plans = [find_foldable(resnet50) for _ in range(15)]
-        during = len(steps) - before
-    finally:
-        stop.set()
-        worker.join(60)
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["result"].status == "stopped"
+        during = len(run.seen) - before
+    assert run.error is None, run.error
+    assert run.result.status == "stopped"
     assert during > 0  # the run really trained while the 15 passes ran
     # torchvision's resnet50: 53 BNs (stem, 3 per bottleneck × 16, 4 downsample), all after a conv.
     assert all(len(p.pairs) == 53 and p.kept == () for p in plans)

@@ -2,22 +2,20 @@
 
 import subprocess
 import sys
-import threading
 import warnings
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from background import training_beside
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 
 from explorer.analysis import analyze
-from explorer.data import ImageDataset
 from explorer.export import _export_onnx, table_csv, to_onnx_bytes, to_pytorch_source
 from explorer.models import build
 from explorer.registry import get_preset
-from explorer.training import TrainConfig, train
 
 
 # One network per kind of block: residual, Inception, dense, grouped bottleneck, plain + BN.
@@ -85,45 +83,15 @@ def test_the_onnx_export_itself_warns_nothing_deprecated():
 def test_onnx_export_beside_a_training_thread():
     """torch.export sets process-wide flags while it runs: in-process, a training thread saw
     torch.compiler.is_exporting() turn True and once failed (KeyError 'custom' in zero_grad)."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (256, 1, 8, 8), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, 10, (256,), generator=g)
-    data = ImageDataset("noise", x, y, x[:32], y[:32], tuple(str(i) for i in range(10)))
-    stop, started, outcome = threading.Event(), threading.Event(), {}
-    exporting: list[bool] = []  # what the training thread sees at each step
-
-    class Watch:
-        def on_step_end(self, ctx, metrics):
-            exporting.append(torch.compiler.is_exporting())
-            started.set()
-
-    def run() -> None:
-        try:
-            model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
-            outcome["result"] = train(model, (1, 8, 8), 10, data,
-                                      TrainConfig(batch_size=32, epochs=100_000, device="cpu"),
-                                      callbacks=[Watch()], stop_event=stop)
-        except BaseException as e:  # noqa: BLE001 - the test reports whatever the run raised
-            outcome["error"] = e
-        finally:
-            started.set()
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    try:
-        assert started.wait(60)
-        before = len(exporting)
+    with training_beside(lambda ctx: torch.compiler.is_exporting()) as run:
+        before = len(run.seen)
         spec = get_preset("course_lenet").spec
         onnx.checker.check_model(onnx.load_from_string(to_onnx_bytes(build(spec),
                                                                      spec.input_shape)))
-        during = len(exporting) - before
-    finally:
-        stop.set()
-        worker.join(60)
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["result"].status == "stopped"
-    assert during > 0 and not any(exporting)
+        during = len(run.seen) - before
+    assert run.error is None, run.error
+    assert run.result.status == "stopped"
+    assert during > 0 and not any(run.seen)
 
 
 def test_table_csv_has_every_row():
