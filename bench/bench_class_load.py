@@ -18,7 +18,9 @@ Prints JSON: per page the median CPU-s of ``--repeats`` first renders and reruns
 visit, and the implied wall time for 30 students at once on 2 cores (30 × CPU-s / 2).
 Goals (issue 11): Build first render ≤ 0.2 CPU-s, rerun ≤ 0.1 CPU-s (30 students in < 5 s).
 
-Usage: python bench/bench_class_load.py [--repeats 5] [--pages build,conv]
+Usage: python bench/bench_class_load.py [--repeats 5] [--pages build,conv] [--profile FILE]
+(--profile: py-spy, from requirements-dev.txt, samples the server's threads while the pages are
+measured and writes their collapsed stacks to FILE, for flame graphs or grep.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -179,6 +182,7 @@ def run_page_bench(browser, url: str, pid: int, rate: float, name: str, repeats:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", help="write the server's collapsed stacks (py-spy) here")
     parser.add_argument("--pages", default=",".join(PAGES),
                         help="comma-separated, of: " + ", ".join(PAGES))
     args = parser.parse_args()
@@ -194,11 +198,22 @@ def main() -> None:
             time.sleep(2)
             rate = idle_rate(proc.pid)
             startup = cpu_seconds(proc.pid)
+            spy = None
+            if args.profile:  # sampling costs the server nothing: py-spy reads its memory
+                spy = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                     str(proc.pid), "--format", "raw", "--idle", "--threads", "--rate", "200",
+                     "--output", args.profile], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+                time.sleep(1)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 results = {n: run_page_bench(browser, url, proc.pid, rate, n, args.repeats)
                            for n in names}
                 browser.close()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait(timeout=60)
         finally:
             proc.terminate()
             try:
