@@ -192,6 +192,8 @@ def run_page_bench(browser, url: str, pid: int, rate: float, name: str, repeats:
             "rerun_all": [round(x, 3) for x in reruns],
             "rerun_action": "classes 10→11 (cached)" if name == "build" else "rerun key r",
             "class_of_30_first_render_s": round(STUDENTS * first / CORES, 2),
+            "class_of_30_first_render_cached_assets_s":
+                round(STUDENTS * statistics.median(cached) / CORES, 2),
             "class_of_30_rerun_s": round(STUDENTS * rerun / CORES, 2)}
 
 
@@ -243,6 +245,8 @@ def main() -> None:
         "pages": results,
         "goal_build_first_render_cpu_s": 0.2, "goal_build_rerun_cpu_s": 0.1,
         "build_meets_goal": bool(b) and b["first_render_cpu_s"] <= 0.2
+        and b["rerun_cpu_s"] <= 0.1,
+        "build_meets_goal_cached_assets": bool(b) and b["first_render_cached_assets_cpu_s"] <= 0.2
         and b["rerun_cpu_s"] <= 0.1,
     }, indent=2, ensure_ascii=False))
 
