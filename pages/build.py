@@ -270,7 +270,8 @@ def layer_table(analysis, name: str) -> None:
                                 "jump": st.column_config.NumberColumn(
                                     help="effective stride in input pixels")})
     st.caption(analysis.totals["macs_note"])
-    st.download_button("Download the table (CSV)", table_csv(table), f"{name}-layers.csv",
+    # Written when clicked: not on every rerun, and not kept in each session's media files.
+    st.download_button("Download the table (CSV)", lambda: table_csv(table), f"{name}-layers.csv",
                        "text/csv")
 
 
