@@ -116,7 +116,7 @@ def shape_flow(table: pd.DataFrame) -> go.Figure:
                     secondary_y=True, hovertemplate="%{x}: %{y} px<extra></extra>")
     top_c = int(rows["channels"].max()) if len(rows) else 1
     powers = [2**k for k in range(top_c.bit_length() + 1)]
-    if len(powers) > 7:  # every other power of two on a tall axis: 1, 4, 16, 64, …
+    if len(powers) > 9:  # every other power of two on a tall axis: 1, 4, 16, 64, …
         powers = powers[::2]
     fig.update_yaxes(title_text="channels", type="log", tickvals=powers,
                      ticktext=[str(p) for p in powers], secondary_y=False)

@@ -8,7 +8,10 @@ sideways, and saves a screenshot under test-artifacts/ (look at them).
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 PROJECTOR = {"viewport": {"width": 683, "height": 512}, "device_scale_factor": 1.5}
 # page → (path, what shows that it has drawn, how many metrics it shows on a fresh visit)
@@ -68,7 +71,11 @@ def projector(browser, request):
 def _open(pg, url: str, selector: str) -> None:
     pg.goto(url)
     pg.wait_for_selector(selector, timeout=90_000)
-    pg.wait_for_timeout(1500)  # the rest of the page after its first element
+    # The rest of the page: the script run is over when Streamlit's "Running…"/"Stop" status
+    # widget goes (a page that polls may keep it, hence the time limit and no failure).
+    with contextlib.suppress(PlaywrightTimeout):
+        pg.wait_for_selector("[data-testid=stStatusWidget]", state="detached", timeout=30_000)
+    pg.wait_for_timeout(1000)
 
 
 def _app_background(pg) -> str:
@@ -151,5 +158,11 @@ def test_presentation_mode_link(app_url, browser, screenshot):
         preset = pg.get_by_text("Preset", exact=True).first.bounding_box()
         tabs = pg.get_by_text("Layers", exact=True).first.bounding_box()
         assert tabs["y"] > preset["y"] + preset["height"]
+        # It stays on through the navigation: the next page has it in its URL and its type.
+        pg.get_by_test_id("stExpandSidebarButton").click()
+        pg.get_by_test_id("stSidebarNav").get_by_text("Conv arithmetic").click()
+        pg.wait_for_selector(".working-box", timeout=90_000)
+        assert "present=true" in pg.url
+        assert pg.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)") == big
     finally:
         context.close()
