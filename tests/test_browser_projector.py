@@ -29,7 +29,7 @@ PAGES = {
 # For each metric value: its text and whether it fits its box (the markdown container that
 # Streamlit cuts with an ellipsis). For each table (Glide data grid): the columns it has, the
 # header cells it draws (only the visible ones), and its scroller's content and box widths.
-MEASURE = """() => {
+MEASURE = r"""() => {
   const metrics = [...document.querySelectorAll('[data-testid=stMetricValue]')].map(v => {
     const box = v.querySelector('[data-testid=stMarkdownContainer]') || v;
     return {text: box.textContent.trim(), scroll: box.scrollWidth, client: box.clientWidth};
@@ -43,8 +43,27 @@ MEASURE = """() => {
               scroll: scroller ? scroller.scrollWidth : -1,
               client: scroller ? scroller.clientWidth : -1};
     });
+  // Headings that wrap mid-word: a line starts after a character that is not a space, a
+  // zero-width space, a hyphen, a slash or a dot.
+  const midword = [];
+  for (const h of document.querySelectorAll('[data-testid=stMain] :is(h1, h2, h3, h4)')) {
+    const walker = document.createTreeWalker(h, NodeFilter.SHOW_TEXT);
+    let top = null, prev = ' ';
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      for (let i = 0; i < n.length; i++) {
+        const r = document.createRange(); r.setStart(n, i); r.setEnd(n, i + 1);
+        const box = r.getClientRects()[0];
+        if (box && box.width > 0) {
+          if (top !== null && box.top > top + 2 && !/[\s\u200b\-\/.·]/.test(prev))
+            midword.push(h.textContent);
+          top = box.top;
+        }
+        prev = n.data[i];
+      }
+    }
+  }
   const main = document.querySelector('[data-testid=stMain]');
-  return {metrics, tables, mainScroll: main.scrollWidth, mainClient: main.clientWidth};
+  return {metrics, tables, midword, mainScroll: main.scrollWidth, mainClient: main.clientWidth};
 }"""
 
 # WCAG relative luminance and contrast ratio of two computed CSS colours.
@@ -104,6 +123,7 @@ def test_page_on_projector_in_dark_mode(app_url, projector, screenshot, name):
     hidden = [t for t in seen["tables"] if t["headers"] < t["columns"] or t["scroll"] > t["client"]]
     assert not hidden, f"tables with hidden columns on {name}: {hidden}"
     assert seen["mainScroll"] <= seen["mainClient"], f"{name} runs off the page sideways"
+    assert not seen["midword"], f"headings broken mid-word on {name}: {seen['midword']}"
 
 
 def test_build_tables_show_every_column(app_url, projector, screenshot):
