@@ -1,9 +1,10 @@
 """Every page on a projector (1024×768 at 150 % zoom) and in dark mode, in Chromium.
 
 A 1024×768 screen at 150 % zoom is a 683×512 CSS-pixel viewport drawn at device scale 1.5.
-Each page is loaded there with a dark system theme; the test asserts that no headline number
-(st.metric) is cut, that every table shows all its columns, that nothing runs off the page
-sideways, and saves a screenshot under test-artifacts/ (look at them).
+Each page is loaded there with a dark and with a light system theme; the test asserts that
+no headline number (st.metric) is cut, that every table shows all its columns, that nothing
+runs off the page sideways, that no heading wraps mid-word, and saves a screenshot under
+test-artifacts/ (look at them).
 """
 
 from __future__ import annotations
@@ -101,12 +102,16 @@ def _app_background(pg) -> str:
     return pg.evaluate("getComputedStyle(document.querySelector('.stApp')).backgroundColor")
 
 
+@pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
 @pytest.mark.parametrize("name", list(PAGES))
-def test_page_on_projector_in_dark_mode(app_url, projector, screenshot, name):
+def test_page_on_projector(app_url, projector, screenshot, name):
     path, ready, n_metrics = PAGES[name]
     _open(projector, app_url + path, ready)
-    # The dark theme is on: a dark background (luminance contrast with black under 2).
-    assert projector.evaluate(CONTRAST, ["rgb(0, 0, 0)", _app_background(projector)]) < 2
+    # The system's theme is followed: a dark background (contrast with black under 2) in
+    # the dark scheme, a light one in the light scheme.
+    dark = projector.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+    black = projector.evaluate(CONTRAST, ["rgb(0, 0, 0)", _app_background(projector)])
+    assert black < 2 if dark else black > 10
     # A fresh load on a 683-pixel screen leaves the sidebar closed: it would cover the page.
     assert projector.get_by_test_id("stSidebar").get_attribute("data-collapsed") == "true"
     # Scroll the tables into view: Glide draws its header cells once a grid is on screen.
@@ -115,7 +120,7 @@ def test_page_on_projector_in_dark_mode(app_url, projector, screenshot, name):
             continue
         frame.scroll_into_view_if_needed()
         projector.wait_for_timeout(300)
-    screenshot(projector, f"projector_dark_{name}")
+    screenshot(projector, f"projector_{'dark' if dark else 'light'}_{name}")
     seen = projector.evaluate(MEASURE)
     assert len(seen["metrics"]) >= n_metrics
     cut = [m for m in seen["metrics"] if m["scroll"] > m["client"] or m["text"].endswith("…")]
