@@ -57,25 +57,72 @@ def params_macs_by_group(table: pd.DataFrame, level: int = 1) -> go.Figure:
     return _layout(fig, "Where the parameters and the compute live")
 
 
-def _spatial_rows(table: pd.DataFrame) -> pd.DataFrame:
-    leaves = table[table["is_leaf"] & table["type"].str.contains("Conv|Pool|Linear|Flatten")]
-    return leaves.reset_index(drop=True)
+# Blocks whose output is a concatenation along the channels (Inception's branches, a dense
+# layer's new features onto its input): their leaves' widths are not the map's width.
+CONCAT_TYPES = ("InceptionBlock", "DenseBlock")
+
+
+def shape_flow_points(table: pd.DataFrame) -> pd.DataFrame:
+    """The shape-flow chart's points in forward order: name, channels, height.
+
+    Every conv, pool, linear and flatten outside a concatenating block; one point per Inception
+    block (its concatenated output) and one per dense layer (its input with its new features
+    concatenated, so DenseNet's width is seen growing).
+    """
+    blocks = table[table["type"].isin(CONCAT_TYPES)]
+    owner = {n: t for n, t in zip(blocks["name"], blocks["type"], strict=True)}
+    points: list[tuple[str, int, int]] = []
+    for row in table.itertuples(index=False):
+        parent = row.name.rpartition(".")[0]
+        inside = any(row.name.startswith(b + ".") for b in owner)
+        out = row.output_shape
+        if out is None or not len(out):
+            continue
+        height = out[1] if len(out) == 3 else 1
+        if owner.get(row.name) == "InceptionBlock":
+            points.append((f"{row.name} ‖", out[0], height))
+        elif owner.get(parent) == "DenseBlock":
+            points.append((f"{row.name} ‖", row.input_shape[0] + out[0], height))
+        elif (not inside and row.is_leaf
+              and any(k in row.type for k in ("Conv", "Pool", "Linear", "Flatten"))):
+            points.append((row.name, out[0], height))
+    return pd.DataFrame(points, columns=["name", "channels", "height"])
+
+
+def _count_ticks(top: float, n: int = 6) -> float:
+    """A whole-number tick step (1, 2, 5 × 10^k) that puts about ``n`` ticks up to ``top``."""
+    step = 1
+    while top / step > n:
+        for m in (2, 5 / 2, 2):  # 1 → 2 → 5 → 10 → 20 → …
+            step = round(step * m)
+            if top / step <= n:
+                break
+    return step
 
 
 def shape_flow(table: pd.DataFrame) -> go.Figure:
-    """Channels (bars) and spatial size (line) layer by layer: size shrinks, channels grow."""
-    rows = _spatial_rows(table)
-    channels = [s[0] for s in rows["output_shape"]]
-    size = [s[1] if len(s) == 3 else 1 for s in rows["output_shape"]]
+    """Channels (bars) and spatial size (line) layer by layer: size shrinks, channels grow.
+
+    Concatenations show their concatenated width (marked ‖). Both axes carry whole numbers
+    only: the channel axis is logarithmic with ticks at powers of two, the height axis linear.
+    """
+    rows = shape_flow_points(table)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_bar(x=rows["name"], y=channels, name="channels (features)",
+    fig.add_bar(x=rows["name"], y=rows["channels"], name="channels (features)",
                 marker_color=COLORS["channels"],
                 hovertemplate="%{x}: %{y} channels<extra></extra>")
-    fig.add_scatter(x=rows["name"], y=size, name="height (pixels)", mode="lines+markers",
-                    line={"color": COLORS["size"], "width": 3}, secondary_y=True,
-                    hovertemplate="%{x}: %{y} px<extra></extra>")
-    fig.update_yaxes(title_text="channels", type="log", secondary_y=False)
-    fig.update_yaxes(title_text="height", secondary_y=True, rangemode="tozero")
+    fig.add_scatter(x=rows["name"], y=rows["height"], name="height (pixels)",
+                    mode="lines+markers", line={"color": COLORS["size"], "width": 3},
+                    secondary_y=True, hovertemplate="%{x}: %{y} px<extra></extra>")
+    top_c = int(rows["channels"].max()) if len(rows) else 1
+    powers = [2**k for k in range(top_c.bit_length() + 1)]
+    if len(powers) > 9:  # every other power of two on a tall axis: 1, 4, 16, 64, …
+        powers = powers[::2]
+    fig.update_yaxes(title_text="channels", type="log", tickvals=powers,
+                     ticktext=[str(p) for p in powers], secondary_y=False)
+    top_h = int(rows["height"].max()) if len(rows) else 1
+    fig.update_yaxes(title_text="height", secondary_y=True, range=[0, top_h * 1.08],
+                     tick0=0, dtick=_count_ticks(top_h), tickformat="d", showgrid=False)
     fig.update_xaxes(showticklabels=len(rows) <= 30, tickangle=-45)
     return _layout(fig, "Shape flow: spatial size shrinks while channels grow", 420)
 
@@ -119,7 +166,7 @@ def receptive_field_chart(table: pd.DataFrame, input_size: int) -> go.Figure:
 
 
 # ----------------------------------------------------------------------------------------------
-# Architecture diagram: the blocks in order, skip connections as arcs, concatenations marked.
+# Architecture diagram: the blocks in order, skip connections as arcs, concatenations marked ‖.
 
 
 @dataclass(frozen=True)
@@ -178,8 +225,11 @@ def diagram_nodes(model: nn.Module) -> list[DiagramNode]:
             return DiagramNode(name, "inception", f"Inception<br>{out}", concat=4)
         if isinstance(m, DenseBlock):
             n = len(m.layers)
-            growth = [x for x in m.layers[0] if isinstance(x, nn.Conv2d)][-1].out_channels
-            return DiagramNode(name, "dense", f"dense ×{n}<br>+{growth} each", concat=n)
+            convs = [x for x in m.layers[0] if isinstance(x, nn.Conv2d)]
+            cin, growth = convs[0].in_channels, convs[-1].out_channels
+            # Each layer's output is concatenated onto its input: the width grows by n × growth.
+            return DiagramNode(name, "dense", f"dense +{growth}<br>{cin} → {cin + n * growth}",
+                               concat=n)
         return None
 
     def sequential_node(name: str, m: nn.Sequential, kind: str, title: str) -> DiagramNode:
@@ -224,14 +274,38 @@ def diagram_nodes(model: nn.Module) -> list[DiagramNode]:
     return nodes
 
 
-def architecture_diagram(model_or_nodes: nn.Module | list[DiagramNode], per_row: int = 8
+# Greys and an orange that read on a white and on a near-black background alike (the page's
+# theme, light or dark, shows through the figure).
+LINE_GREY = "#8c8c8c"
+SKIP_ORANGE = "#f58518"
+
+
+def _arrow(fig: go.Figure, x0: float, y0: float, x1: float, y1: float) -> None:
+    fig.add_annotation(x=x1, y=y1, ax=x0, ay=y0, xref="x", yref="y", axref="x", ayref="y",
+                       showarrow=True, arrowhead=2, arrowwidth=2, arrowcolor=LINE_GREY, text="")
+
+
+def diagram_caption(nodes: list[DiagramNode]) -> str:
+    """What the diagram's marks mean, naming only the marks it draws."""
+    parts = []
+    if any(n.skip for n in nodes):
+        dotted = any(n.skip and n.skip != "identity" for n in nodes)
+        parts.append("arcs: skip connections, added to the block's output"
+                     + (" (dotted: through a 1×1 conv)" if dotted else ""))
+    if any(n.concat for n in nodes):
+        parts.append("‖: outputs concatenated along the channels (not added)")
+    return "; ".join(parts)
+
+
+def architecture_diagram(model_or_nodes: nn.Module | list[DiagramNode], per_row: int = 6
                          ) -> go.Figure:
-    """Boxes in forward order (wrapping into rows); arcs above residual blocks for the skip
-    connection (dashed when it is a 1×1 conv), a ⊕ for concatenations."""
+    """Boxes in forward order, wrapping into rows joined by an arrow; arcs above residual blocks
+    for the skip connection (dotted when it is a 1×1 conv); concatenations marked ‖ inside
+    their boxes (Inception branches, dense layers), never ⊕, which reads as addition."""
     nodes = (diagram_nodes(model_or_nodes) if isinstance(model_or_nodes, nn.Module)
              else model_or_nodes)
     fig = go.Figure()
-    w, h, gap_x, gap_y = 1.5, 0.8, 0.35, 1.1
+    w, h, gap_x, gap_y = 1.5, 0.9, 0.35, 1.2
     xs, ys = [], []
     for i, node in enumerate(nodes):
         r, c = divmod(i, per_row)
@@ -239,31 +313,42 @@ def architecture_diagram(model_or_nodes: nn.Module | list[DiagramNode], per_row:
         xs.append(x0 + w / 2)
         ys.append(y0 + h / 2)
         fig.add_shape(type="rect", x0=x0, y0=y0, x1=x0 + w, y1=y0 + h,
-                      fillcolor=KIND_COLORS.get(node.kind, KIND_COLORS["other"]), opacity=0.85,
-                      line={"color": "#333", "width": 1}, layer="below")
+                      fillcolor=KIND_COLORS.get(node.kind, KIND_COLORS["other"]),
+                      line={"color": LINE_GREY, "width": 1}, layer="below")
         if i + 1 < len(nodes) and (i + 1) % per_row:
-            fig.add_annotation(x=x0 + w + gap_x, y=y0 + h / 2, ax=x0 + w, ay=y0 + h / 2,
-                               xref="x", yref="y", axref="x", ayref="y", showarrow=True,
-                               arrowhead=2, arrowwidth=1.5, text="")
+            _arrow(fig, x0 + w, y0 + h / 2, x0 + w + gap_x, y0 + h / 2)
+        elif i + 1 < len(nodes):  # the row wraps: down, back to the left, down into the next
+            mid = y0 - gap_y / 2
+            fig.add_shape(type="path", path=f"M {x0 + w / 2},{y0} L {x0 + w / 2},{mid} "
+                                            f"L {w / 2},{mid} L {w / 2},{mid - gap_y / 4}",
+                          line={"color": LINE_GREY, "width": 2}, layer="below")
+            _arrow(fig, w / 2, mid - gap_y / 4, w / 2, y0 - gap_y)
         if node.skip:
             dash = "dot" if node.skip != "identity" else "solid"
-            fig.add_shape(type="path", path=f"M {x0 - 0.2},{y0 + h} Q {x0 + w / 2},{y0 + h + 0.9}"
-                                            f" {x0 + w + 0.2},{y0 + h}",
-                          line={"color": "#f58518", "width": 2.5, "dash": dash}, layer="below")
-        if node.concat:
-            fig.add_annotation(x=x0 + w / 2, y=y0 + h + 0.22, text=f"⊕ concat ×{node.concat}",
-                               showarrow=False, font={"size": 11, "color": "#333"})
-    fig.add_scatter(x=xs, y=ys, mode="text", text=[n.label for n in nodes],
+            # From the incoming arrow over the box's top to the outgoing one.
+            fig.add_shape(type="path", path=f"M {x0 - gap_x / 2},{y0 + h / 2} "
+                                            f"C {x0 - gap_x / 2},{y0 + h + 0.5} "
+                                            f"{x0 + w + gap_x / 2},{y0 + h + 0.5} "
+                                            f"{x0 + w + gap_x / 2},{y0 + h / 2}",
+                          line={"color": SKIP_ORANGE, "width": 2.5, "dash": dash}, layer="below")
+    labels = [n.label + (f"<br>‖ {n.concat} {'branches' if n.kind == 'inception' else 'layers'}"
+                         if n.concat else "") for n in nodes]
+    fig.add_scatter(x=xs, y=ys, mode="text", text=labels,
                     textfont={"size": 12, "color": "black"},
                     hovertext=[f"{n.name}{' (skip: ' + n.skip + ')' if n.skip else ''}"
+                               f"{f' (concatenates {n.concat})' if n.concat else ''}"
                                for n in nodes], hoverinfo="text", showlegend=False)
     rows = (len(nodes) - 1) // per_row + 1
-    fig.update_xaxes(visible=False, range=[-0.4, per_row * (w + gap_x)])
-    fig.update_yaxes(visible=False, scaleanchor=None,
-                     range=[-(rows - 1) * (h + gap_y) - 0.3, h + 1.0])
-    fig = _layout(fig, "Architecture: blocks in order; arcs are skip connections "
-                       "(dotted: 1×1 conv shortcut)", 120 + rows * 150)
-    fig.update_layout(showlegend=False)
+    fig.update_xaxes(visible=False, range=[-0.3, per_row * (w + gap_x) - gap_x + 0.3],
+                     fixedrange=True)
+    fig.update_yaxes(visible=False, range=[-(rows - 1) * (h + gap_y) - 0.2, h + 0.8],
+                     fixedrange=True)
+    caption = diagram_caption(nodes)
+    fig = _layout(fig, "Architecture: blocks in order", 110 + rows * 160)
+    fig.update_layout(showlegend=False, margin={"l": 10, "r": 10, "t": 50, "b": 40})
+    if caption:  # under the boxes, where Plotly's toolbar does not cover it
+        fig.add_annotation(text=caption, xref="paper", yref="paper", x=0, y=0, xanchor="left",
+                           yanchor="top", yshift=-8, showarrow=False, font={"size": 13})
     return fig
 
 
@@ -293,19 +378,49 @@ def smooth(values: list[float] | pd.Series, weight: float = 0.8) -> list[float]:
     return out
 
 
+def _waiting(fig: go.Figure, what: str) -> go.Figure:
+    """No points yet: say so instead of drawing axes whose numbers Plotly would guess."""
+    fig.add_annotation(text=f"No {what} yet: the chart fills in as the run reports.",
+                       xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                       font={"size": 15})
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
+    return fig
+
+
+def _whole_steps(fig: go.Figure, values: pd.Series) -> None:
+    """An x axis of steps or epochs: whole numbers only, the points off the plot's edges."""
+    lo, hi = float(values.min()), float(values.max())
+    pad = max(0.5, (hi - lo) * 0.03)
+    fig.update_xaxes(range=[max(0, lo - pad), hi + pad], tickformat="d",
+                     dtick=_count_ticks(hi - lo + 1, 8))
+
+
+def _zero_to_top(fig: go.Figure, values: pd.Series) -> None:
+    """A y axis from zero to just above the highest finite value (the first, highest points of a
+    falling curve stay inside the plot); autoscaled when there is none."""
+    finite = pd.to_numeric(values, errors="coerce").replace([float("inf"), float("-inf")], None)
+    top = finite.max()
+    if pd.notna(top) and top > 0:
+        fig.update_yaxes(range=[0, float(top) * 1.08])
+
+
 def loss_figure(step_rows: object, weight: float = 0.8) -> go.Figure:
     """Training loss per reported step: raw (thin) and smoothed (thick)."""
     df = _frame(step_rows)
     fig = go.Figure()
-    if not df.empty and {"step", "loss"} <= set(df):  # an imported run may lack a column
-        fig.add_scatter(x=df["step"], y=df["loss"], mode="lines", name="loss",
-                        line={"color": COLORS["params"], "width": 1}, opacity=0.45)
-        # One report so far (a big model's first step): a line needs two points, so mark it.
-        fig.add_scatter(x=df["step"], y=smooth(pd.to_numeric(df["loss"], errors="coerce"), weight),
-                        mode="lines+markers" if len(df) == 1 else "lines",
-                        name="smoothed", line={"color": COLORS["params"], "width": 3})
     fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="loss", rangemode="tozero")
+    fig.update_yaxes(title_text="loss")
+    if df.empty or not {"step", "loss"} <= set(df) or df["loss"].isna().all():
+        return _layout(_waiting(fig, "loss"), "Training loss", 340)  # an import may lack it
+    fig.add_scatter(x=df["step"], y=df["loss"], mode="lines", name="loss",
+                    line={"color": COLORS["params"], "width": 1}, opacity=0.45)
+    # One report so far (a big model's first step): a line needs two points, so mark it.
+    fig.add_scatter(x=df["step"], y=smooth(pd.to_numeric(df["loss"], errors="coerce"), weight),
+                    mode="lines+markers" if len(df) == 1 else "lines",
+                    name="smoothed", line={"color": COLORS["params"], "width": 3})
+    _whole_steps(fig, df["step"])
+    _zero_to_top(fig, df["loss"])
     return _layout(fig, "Training loss", 340)
 
 
@@ -313,14 +428,19 @@ def accuracy_figure(epoch_rows: object) -> go.Figure:
     """Train and test accuracy per epoch."""
     df = _frame(epoch_rows)
     fig = go.Figure()
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="accuracy")
     for col, name, color in (("train_acc", "train", COLORS["macs"]),
                              ("test_acc", "test", COLORS["channels"])):
         # An imported run may lack a column, or hold only nulls in it.
         if "epoch" in df and col in df and df[col].notna().any():
             fig.add_scatter(x=df["epoch"], y=df[col], mode="lines+markers", name=name,
                             line={"color": color, "width": 3})
-    fig.update_xaxes(title_text="epoch", dtick=1)
-    fig.update_yaxes(title_text="accuracy", range=[0, 1.02])
+    if not fig.data:
+        return _layout(_waiting(fig, "finished epoch"), "Accuracy per epoch", 340)
+    _whole_steps(fig, df["epoch"])
+    # Up to 1.05: a marker at 100 % is drawn whole, inside the plot.
+    fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
     return _layout(fig, "Accuracy per epoch", 340)
 
 
@@ -328,11 +448,14 @@ def lr_figure(step_rows: object) -> go.Figure:
     """The learning rate the schedule set at each reported step."""
     df = _frame(step_rows)
     fig = go.Figure()
-    if not df.empty and {"step", "lr"} <= set(df):
-        fig.add_scatter(x=df["step"], y=df["lr"], mode="lines", name="learning rate",
-                        line={"color": COLORS["rf"], "width": 3})
     fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="learning rate", rangemode="tozero")
+    fig.update_yaxes(title_text="learning rate")
+    if df.empty or not {"step", "lr"} <= set(df) or df["lr"].isna().all():
+        return _layout(_waiting(fig, "learning rate"), "Learning rate", 260)
+    fig.add_scatter(x=df["step"], y=df["lr"], mode="lines", name="learning rate",
+                    line={"color": COLORS["rf"], "width": 3})
+    _whole_steps(fig, df["step"])
+    _zero_to_top(fig, df["lr"])
     return _layout(fig, "Learning rate", 260)
 
 

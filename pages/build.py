@@ -338,7 +338,8 @@ if "build_url_error" in state:
 
 st.title("Build a network")
 top = st.container()
-left, right = st.columns([1, 2.3], gap="medium")
+# The keyed container lets assets/style.css put the results under the editors on a narrow screen.
+left, right = st.container(key="editor_results").columns([1, 2.3], gap="medium")
 
 with left:
     st.selectbox("Preset", list(PRESETS), key="build_preset", index=None,

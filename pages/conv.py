@@ -110,9 +110,8 @@ def num(col, label: str, key: str, help: str | None = None) -> None:
 def working(lines: list[str]) -> None:
     """The formulas with numbers, in a large monospace font (read from the back of the room)."""
     body = "<br>".join(html.escape(line) for line in lines)
-    st.markdown(f'<div style="font-family: monospace; font-size: 1.15rem; line-height: 1.7; '
-                f'background: #f6f8fa; padding: 0.7rem 1rem; border-radius: 0.4rem;">{body}</div>',
-                unsafe_allow_html=True)
+    # Styled by assets/style.css with the theme's colours (readable in light and dark mode).
+    st.markdown(f'<div class="working-box">{body}</div>', unsafe_allow_html=True)
 
 
 def demo_size(size: int, span: int, pad: int) -> int:
@@ -129,7 +128,8 @@ if _url_is_new() or not restore_widgets(SAVED):
 
 st.title("Conv arithmetic")
 top = st.container()
-left, right = st.columns([1, 2.3], gap="medium")
+# The keyed container lets assets/style.css put the results under the editors on a narrow screen.
+left, right = st.container(key="editor_results").columns([1, 2.3], gap="medium")
 
 with left:
     st.segmented_control("Layer", CHOICES["conv_mode"], key=drawn(SAVED, "conv_mode"),

@@ -50,12 +50,14 @@ st.markdown("The networks of the lectures, each at its lecture input. Open one o
             "to read every layer, or put it beside torchvision's version.")
 
 names = preset_names("course")
+gallery = st.container(key="gallery")  # assets/style.css keeps its names whole
 for start in range(0, len(names), PER_ROW):
-    for col, name in zip(st.columns(PER_ROW, gap="medium"), names[start:start + PER_ROW],
+    for col, name in zip(gallery.columns(PER_ROW, gap="medium"), names[start:start + PER_ROW],
                          strict=False):
         preset = PRESETS[name]
         with col.container(border=True):
-            st.markdown(f"#### {name}")
+            # A zero-width space after each underscore: a narrow card breaks the name there.
+            st.markdown("#### " + name.replace("_", "_\u200b"))
             st.markdown(f"**{preset.description}**")
             st.caption(f"{shape_text(preset.spec.input_shape)} input · "
                        f"{fmt_count(size_of(name))} parameters · "

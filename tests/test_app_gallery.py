@@ -41,7 +41,9 @@ def gallery() -> AppTest:
 def test_every_course_preset_has_a_card_with_its_note(gallery):
     assert not gallery.exception and not gallery.error
     assert gallery.title[0].value == "Lecture gallery"
-    headings = [m.value for m in gallery.markdown if m.value.startswith("#### ")]
+    # The page puts a zero-width space after each underscore (where a narrow card may break).
+    headings = [m.value.replace("\u200b", "") for m in gallery.markdown
+                if m.value.startswith("#### ")]
     assert headings == [f"#### {n}" for n in preset_names("course")]
     text = "\n".join(m.value for m in gallery.markdown)
     for name in preset_names("course"):

@@ -1,5 +1,6 @@
 """The Build and Train pages' figures: the numbers they draw, from hand counts."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -73,3 +74,80 @@ def test_training_figures_carry_the_metrics():
     colors = {tr.name: tr.line.color for tr in loss.data}
     assert {tr.name: tr.line.color for tr in acc.data} == {k: colors[k] for k in ("a", "c")}
     assert len(set(colors.values())) == 3
+
+
+def _diagram(preset: str):
+    return charts.architecture_diagram(build(get_preset(preset).spec, device="meta"))
+
+
+def _texts(fig) -> str:
+    texts = [a.text or "" for a in fig.layout.annotations]
+    texts += [t for tr in fig.data for t in (tr.text or [])]
+    return " ".join(texts) + (fig.layout.title.text or "")
+
+
+@pytest.mark.parametrize("preset", ["course_googlenet", "course_densenet"])
+def test_concatenations_are_not_drawn_as_additions(preset):
+    text = _texts(_diagram(preset))
+    assert "⊕" not in text  # ⊕ reads as addition; these blocks concatenate channels
+    assert "concatenated" in text and "‖" in text
+    assert "skip" not in text and "arc" not in text  # neither network has a skip connection
+
+
+def test_resnet_diagram_keeps_its_arrows_and_skips_across_rows():
+    fig = _diagram("course_resnet18")
+    # stem + 8 basic blocks + head = 10 boxes; 6 a row → 2 rows, so 9 links: 8 arrows within
+    # rows, and the wrap (a path down and back) ending in the 9th arrow.
+    arrows = [a for a in fig.layout.annotations if a.showarrow]
+    assert len(arrows) == 9
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    paths = [s for s in fig.layout.shapes if s.type == "path"]
+    assert len(rects) == 10
+    skips = [p for p in paths if p.line.color == charts.SKIP_ORANGE]
+    assert len(skips) == 8 and len(paths) - len(skips) == 1  # one arc a block, one wrap
+    text = _texts(fig)
+    assert "skip connections" in text and "concatenated" not in text
+    # Every label sits at the centre of its box.
+    tx, ty = fig.data[0].x, fig.data[0].y
+    for x, y, r in zip(tx, ty, rects, strict=True):
+        assert r.x0 < x < r.x1 and r.y0 < y < r.y1
+
+
+def test_densenet_diagram_shows_the_concatenated_width():
+    nodes = charts.diagram_nodes(build(get_preset("course_densenet").spec, device="meta"))
+    dense = [n.label for n in nodes if n.kind == "dense"]
+    # 64 stem channels + 4 layers × 32 = 192; the transition halves it (compression 0.5) to
+    # 96, + 128 = 224; then 112 + 128 = 240, 120 + 128 = 248.
+    assert [lab.split("<br>")[1] for lab in dense] == [
+        "64 → 192", "96 → 224", "112 → 240", "120 → 248"]
+
+
+def test_shape_flow_shows_concatenated_widths_on_whole_number_axes():
+    table = analyze(get_preset("course_densenet").spec).table
+    pts = charts.shape_flow_points(table)
+    block1 = pts[pts["name"].str.startswith("denseblock1.")]
+    assert list(block1["channels"]) == [64 + 32, 64 + 64, 64 + 96, 64 + 128]
+    g = charts.shape_flow_points(analyze(get_preset("course_googlenet").spec).table)
+    # Inception 3a (Szegedy et al. 2015, table 1): 64 + 128 + 32 + 32 = 256 channels.
+    assert g.set_index("name").loc["stage3.inception3a ‖", "channels"] == 256
+    fig = charts.shape_flow(table)
+    ticks = list(fig.layout.yaxis.tickvals)
+    assert all(t == 2 ** round(np.log2(t)) for t in ticks)  # powers of two, no "2, 3, 9, 10"
+    assert ticks[-1] >= max(pts["channels"]) / 2 and fig.layout.yaxis.type == "log"
+    # Heights 48 down to 1: a whole-number step (about six ticks), from zero.
+    assert fig.layout.yaxis2.dtick == 10 and fig.layout.yaxis2.range[0] == 0
+
+
+def test_training_charts_wait_for_data_and_keep_points_inside():
+    empty = charts.loss_figure([])
+    assert not empty.data and "No loss yet" in empty.layout.annotations[0].text
+    assert empty.layout.xaxis.showticklabels is False  # no guessed axis numbers
+    assert not charts.accuracy_figure([]).data
+    steps = pd.DataFrame({"step": [5, 10], "loss": [2.3, 1.0]})
+    loss = charts.loss_figure(steps)
+    assert loss.layout.yaxis.range[1] > 2.3  # the first, highest point inside the plot
+    one = charts.accuracy_figure(pd.DataFrame({"epoch": [1], "train_acc": [1.0],
+                                               "test_acc": [0.9]}))
+    lo, hi = one.layout.xaxis.range
+    assert lo < 1 < hi and one.layout.xaxis.dtick == 1  # epoch 1, never 0.5 or 1.5
+    assert one.layout.yaxis.range[1] > 1.0  # a 100 % marker drawn whole

@@ -1,0 +1,196 @@
+"""Every page on a projector (1024×768 at 150 % zoom) and in dark mode, in Chromium.
+
+A 1024×768 screen at 150 % zoom is a 683×512 CSS-pixel viewport drawn at device scale 1.5.
+Each page is loaded there with a dark and with a light system theme; the test asserts that
+no headline number (st.metric) is cut, that every table shows all its columns, that nothing
+runs off the page sideways, that no heading wraps mid-word, and saves a screenshot under
+test-artifacts/ (look at them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+PROJECTOR = {"viewport": {"width": 683, "height": 512}, "device_scale_factor": 1.5}
+# page → (path, what shows that it has drawn, how many metrics it shows on a fresh visit)
+PAGES = {
+    "build": ("/", "[data-testid=stMetric]", 6),
+    "train": ("/train", "h1", 0),
+    "bn_lab": ("/bn_lab", "h1", 0),
+    "compare": ("/compare", "[data-testid=stMetric]", 2),
+    "conv": ("/conv", ".working-box", 4),
+    "gallery": ("/gallery", "[data-testid=stButton]", 0),
+    "inspect": ("/inspect", "h1", 0),
+    "readme": ("/readme", "h1", 0),
+}
+
+# For each metric value: its text and whether it fits its box (the markdown container that
+# Streamlit cuts with an ellipsis). For each table (Glide data grid): the columns it has, the
+# header cells it draws (only the visible ones), and its scroller's content and box widths.
+MEASURE = r"""() => {
+  const metrics = [...document.querySelectorAll('[data-testid=stMetricValue]')].map(v => {
+    const box = v.querySelector('[data-testid=stMarkdownContainer]') || v;
+    return {text: box.textContent.trim(), scroll: box.scrollWidth, client: box.clientWidth};
+  });
+  const tables = [...document.querySelectorAll('[data-testid=stDataFrame]')]
+    .filter(t => t.offsetParent !== null).map(t => {
+      const grid = t.querySelector('table');
+      const scroller = t.querySelector('.dvn-scroller');
+      return {columns: grid ? Number(grid.getAttribute('aria-colcount')) : -1,
+              headers: grid ? grid.querySelectorAll('thead th').length : 0,
+              scroll: scroller ? scroller.scrollWidth : -1,
+              client: scroller ? scroller.clientWidth : -1};
+    });
+  // Headings that wrap mid-word: a line starts after a character that is not a space, a
+  // zero-width space, a hyphen, a slash or a dot.
+  const midword = [];
+  for (const h of document.querySelectorAll('[data-testid=stMain] :is(h1, h2, h3, h4)')) {
+    const walker = document.createTreeWalker(h, NodeFilter.SHOW_TEXT);
+    let top = null, prev = ' ';
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      for (let i = 0; i < n.length; i++) {
+        const r = document.createRange(); r.setStart(n, i); r.setEnd(n, i + 1);
+        const box = r.getClientRects()[0];
+        if (box && box.width > 0) {
+          if (top !== null && box.top > top + 2 && !/[\s\u200b\-\/.·]/.test(prev))
+            midword.push(h.textContent);
+          top = box.top;
+        }
+        prev = n.data[i];
+      }
+    }
+  }
+  const main = document.querySelector('[data-testid=stMain]');
+  return {metrics, tables, midword, mainScroll: main.scrollWidth, mainClient: main.clientWidth};
+}"""
+
+# WCAG relative luminance and contrast ratio of two computed CSS colours.
+CONTRAST = """([fg, bg]) => {
+  const lum = c => {
+    const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(Number).map(v => {
+      v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+  return (a + 0.05) / (b + 0.05);
+}"""
+
+
+@pytest.fixture
+def projector(browser, request):
+    """A page in a 683×512 viewport at device scale 1.5 with the colour scheme given."""
+    context = browser.new_context(**PROJECTOR, color_scheme=getattr(request, "param", "dark"))
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+def _open(pg, url: str, selector: str) -> None:
+    pg.goto(url)
+    pg.wait_for_selector(selector, timeout=90_000)
+    # The rest of the page: the script run is over when Streamlit's "Running…"/"Stop" status
+    # widget goes (a page that polls may keep it, hence the time limit and no failure).
+    with contextlib.suppress(PlaywrightTimeout):
+        pg.wait_for_selector("[data-testid=stStatusWidget]", state="detached", timeout=30_000)
+    pg.wait_for_timeout(1000)
+
+
+def _app_background(pg) -> str:
+    return pg.evaluate("getComputedStyle(document.querySelector('.stApp')).backgroundColor")
+
+
+@pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
+@pytest.mark.parametrize("name", list(PAGES))
+def test_page_on_projector(app_url, projector, screenshot, name):
+    path, ready, n_metrics = PAGES[name]
+    _open(projector, app_url + path, ready)
+    # The system's theme is followed: a dark background (contrast with black under 2) in
+    # the dark scheme, a light one in the light scheme.
+    dark = projector.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+    black = projector.evaluate(CONTRAST, ["rgb(0, 0, 0)", _app_background(projector)])
+    assert black < 2 if dark else black > 10
+    # A fresh load on a 683-pixel screen leaves the sidebar closed: it would cover the page.
+    assert projector.get_by_test_id("stSidebar").get_attribute("data-collapsed") == "true"
+    # Scroll the tables into view: Glide draws its header cells once a grid is on screen.
+    for frame in projector.get_by_test_id("stDataFrame").all():
+        if not frame.is_visible():  # in a closed tab or expander
+            continue
+        frame.scroll_into_view_if_needed()
+        projector.wait_for_timeout(300)
+    screenshot(projector, f"projector_{'dark' if dark else 'light'}_{name}")
+    seen = projector.evaluate(MEASURE)
+    assert len(seen["metrics"]) >= n_metrics
+    cut = [m for m in seen["metrics"] if m["scroll"] > m["client"] or m["text"].endswith("…")]
+    assert not cut, f"metrics cut on {name}: {cut}"
+    hidden = [t for t in seen["tables"] if t["headers"] < t["columns"] or t["scroll"] > t["client"]]
+    assert not hidden, f"tables with hidden columns on {name}: {hidden}"
+    assert seen["mainScroll"] <= seen["mainClient"], f"{name} runs off the page sideways"
+    assert not seen["midword"], f"headings broken mid-word on {name}: {seen['midword']}"
+
+
+def test_build_tables_show_every_column(app_url, projector, screenshot):
+    """The Build page's stage table and layer table: each at full width, none cut."""
+    _open(projector, app_url + "/", "[data-testid=stDataFrame]")
+    frames = projector.get_by_test_id("stDataFrame").all()
+    assert len(frames) >= 2
+    frames[-1].scroll_into_view_if_needed()
+    projector.wait_for_timeout(500)
+    screenshot(projector, "projector_dark_build_layer_table")
+    tables = projector.evaluate(MEASURE)["tables"]
+    # The layer table: name, type, output shape, params, MACs, MACs lecture, RF, jump at least.
+    assert max(t["columns"] for t in tables) >= 8
+    assert all(t["headers"] == t["columns"] and t["scroll"] <= t["client"] for t in tables), tables
+
+
+@pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
+def test_conv_working_box_reads_in_both_themes(app_url, projector, screenshot):
+    """The working box's text against its own background: WCAG AA (4.5:1) in either theme."""
+    _open(projector, app_url + "/conv", ".working-box")
+    box = projector.locator(".working-box").first
+    box.scroll_into_view_if_needed()
+    # The box's text, and its background as drawn: its (maybe translucent) colour laid over
+    # the app's background.
+    text, drawn = box.evaluate("""b => {
+      const rgba = c => { const v = c.match(/[\\d.]+/g).map(Number); return v.length > 3 ? v
+                          : [...v, 1]; };
+      const fg = getComputedStyle(b).color;
+      const [r, g, bl, a] = rgba(getComputedStyle(b).backgroundColor);
+      const [R, G, B] = rgba(getComputedStyle(document.querySelector('.stApp')).backgroundColor);
+      const mix = (x, y) => Math.round(a * x + (1 - a) * y);
+      return [fg, `rgb(${mix(r, R)}, ${mix(g, G)}, ${mix(bl, B)})`];
+    }""")
+    scheme = projector.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+    screenshot(projector, f"projector_{'dark' if scheme else 'light'}_conv_working_box")
+    assert projector.evaluate(CONTRAST, [text, drawn]) >= 4.5, (text, drawn)
+
+
+def test_presentation_mode_link(app_url, browser, screenshot):
+    """?present=true: the sidebar starts closed even on a wide screen, and the type is bigger."""
+    context = browser.new_context(viewport={"width": 1280, "height": 720})
+    pg = context.new_page()
+    try:
+        _open(pg, app_url + "/", "[data-testid=stMetric]")
+        normal = pg.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)")
+        assert pg.get_by_test_id("stSidebar").get_attribute("data-collapsed") == "false"
+        _open(pg, app_url + "/?present=true", "[data-testid=stMetric]")
+        screenshot(pg, "presentation_mode_build")
+        assert pg.get_by_test_id("stSidebar").get_attribute("data-collapsed") == "true"
+        big = pg.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)")
+        assert big > normal
+        # The closed sidebar leaves no empty band: the title starts at the left edge.
+        assert pg.locator("h1").first.bounding_box()["x"] < 100
+        # The editors and the results stack: the results start below the preset box.
+        preset = pg.get_by_text("Preset", exact=True).first.bounding_box()
+        tabs = pg.get_by_text("Layers", exact=True).first.bounding_box()
+        assert tabs["y"] > preset["y"] + preset["height"]
+        # It stays on through the navigation: the next page has it in its URL and its type.
+        pg.get_by_test_id("stExpandSidebarButton").click()
+        pg.get_by_test_id("stSidebarNav").get_by_text("Conv arithmetic").click()
+        pg.wait_for_selector(".working-box", timeout=90_000)
+        assert "present=true" in pg.url
+        assert pg.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)") == big
+    finally:
+        context.close()
