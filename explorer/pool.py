@@ -24,8 +24,8 @@ from explorer.runs import RunStore
 from explorer.worker import STOP_EXIT
 
 log = logging.getLogger(__name__)
-MONITOR_S = 0.25  # how often the pool looks at its processes
-REAP_EVERY = 40  # monitor ticks between sweeps for runs of workers gone elsewhere (10 s)
+MONITOR_S = 0.5  # how often the pool looks at its processes
+REAP_EVERY = 20  # monitor ticks between sweeps for runs of workers gone elsewhere (10 s)
 OOM_HINT = ("Most often the machine ran out of memory: lower the batch size or the input size, "
             "or choose a smaller model.")
 

@@ -36,9 +36,10 @@ from explorer.training import TrainConfig, resolve_device, train
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often an idle worker looks for a queued run
-WATCH_S = 0.1  # how often the watcher checks for a stop
+WATCH_S = 0.2  # how often the watcher checks for a stop (each check wakes a thread beside
+# the training threads; on a CPU every wake-up can stall them)
 BEAT_S = 1.0  # how often it records a heartbeat
-STOP_GRACE_S = 0.5  # a step may finish this long after a stop, then the process ends
+STOP_GRACE_S = 0.4  # a step may finish this long after a stop, then the process ends
 STOP_EXIT = 3  # exit status of a worker that ended itself to stop a run
 
 

@@ -335,7 +335,9 @@ def history() -> None:
     if "created_at" in table:  # a time no calendar can show reads as blank, not as an error
         table["created_at"] = pd.to_datetime(table["created_at"], unit="s",
                                              errors="coerce").dt.strftime("%Y-%m-%d %H:%M")
-    st.dataframe(table, hide_index=True, width="stretch", height=220)
+    st.dataframe(table, hide_index=True, width="stretch", height=220, column_config={
+        "id": st.column_config.NumberColumn("Run", format="%d"), "name": "Model · data",
+        "whose": "Whose", "status": "Status", "created_at": "Queued at", "error": "Message"})
     ids = [r["id"] for r in runs]
     labels = {r["id"]: f"#{r['id']} {r['name']} ({r['status']})" for r in runs}
     # Kept across pages (WIDGETS); runs deleted since then leave the selection.
