@@ -77,7 +77,7 @@ def price(spec: SpecBase, config: TrainConfig, data: DataSizes, device: str = "c
     precision = resolve_precision(config.precision, dev) if dev.type == "cpu" else (
         "fp32" if config.precision == "fp32" else "bf16")
     footprint = estimate_footprint(spec, config, data, precision)
-    calibration = calibration_path(store_path if _is_file(store_path) else None)
+    calibration = calibration_path(store_path)
     throughput = load_throughput(dev, precision, calibration,
                                  calibrate_if_missing=dev.type == "cpu")
     refusal = None
@@ -89,8 +89,4 @@ def price(spec: SpecBase, config: TrainConfig, data: DataSizes, device: str = "c
     if refusal is None and dev.type == "cpu":
         refusal = check_memory(footprint, available_memory(dev, slots))
     return Price(spec, epoch_s, total_s, footprint, refusal)
-
-
-def _is_file(location: Any) -> bool:
-    return location is not None and "://" not in str(location)
 

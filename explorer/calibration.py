@@ -47,9 +47,17 @@ log = logging.getLogger(__name__)
 
 
 def calibration_path(store_path: str | Path | None = None) -> Path:
-    """The calibration file beside the run store ($EXPLORER_RUNS_DB, else ./runs.sqlite)."""
-    store = Path(store_path) if store_path else Path(
-        os.environ.get("EXPLORER_RUNS_DB") or "runs.sqlite")  # as explorer.runs, without pandas
+    """The calibration file beside the run store ($EXPLORER_RUNS_DB, else ./runs.sqlite).
+
+    A store that is a database URL (PostgreSQL) has no folder: the file is then this machine's,
+    in $XDG_CACHE_HOME/cnn-explorer (else ~/.cache/cnn-explorer), since the speed measured is
+    the machine's own.
+    """
+    location = str(store_path or os.environ.get("EXPLORER_RUNS_DB") or "runs.sqlite")
+    if "://" in location:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return cache / "cnn-explorer" / ("throughput" + CALIBRATION_SUFFIX)
+    store = Path(location)
     return store.with_name(store.name + CALIBRATION_SUFFIX)
 
 

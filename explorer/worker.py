@@ -197,8 +197,7 @@ class Worker:
                    idle_seconds: float) -> None:
         """Refine the server's time estimate with what this run measured (never fails a run)."""
         try:
-            location = str(self.store.path)
-            path = calibration_path(location if "://" not in location else None)
+            path = calibration_path(str(self.store.path))
             record_result(run_work(spec, config, DataSizes.of(data)), result, path, idle_seconds)
         except Exception:
             log.warning("could not record run timings for the estimate", exc_info=True)

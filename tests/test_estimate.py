@@ -378,3 +378,15 @@ def test_classes_mismatch_sentence_and_the_resized_head():
     assert (last.in_features, last.out_features) == (4096, 10)
     with pytest.raises(ConfigError):
         with_classes(spec, 0)
+
+
+def test_a_database_store_keeps_its_calibration_in_the_machines_cache(monkeypatch, tmp_path):
+    from explorer.calibration import calibration_path
+
+    url = "postgresql://explorer:s3cret@db.example/runs"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached = tmp_path / "cnn-explorer" / "throughput.throughput.json"
+    assert calibration_path(url) == cached  # never a file named after the URL (and password)
+    monkeypatch.setenv("EXPLORER_RUNS_DB", url)  # how workers get a PostgreSQL store
+    assert calibration_path(None) == cached
+    assert calibration_path(tmp_path / "runs.sqlite") == tmp_path / "runs.sqlite.throughput.json"
