@@ -20,6 +20,9 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 _TMP = tempfile.mkdtemp(prefix="explorer-tests-")
 os.environ.setdefault("EXPLORER_RUNS_DB", os.path.join(_TMP, "runs.sqlite"))
 os.environ.setdefault("EXPLORER_DATA_DIR", os.path.join(_TMP, "data"))
+# Runs on a PostgreSQL store keep their weights here, and the machine's speed calibration.
+os.environ.setdefault("EXPLORER_WEIGHTS_DIR", os.path.join(_TMP, "weights"))
+os.environ.setdefault("XDG_CACHE_HOME", os.path.join(_TMP, "cache"))
 
 
 @pytest.fixture
