@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from explorer.calibration import calibration_path, idle_clock, record_result
-from explorer.data import ImageDataset, load_dataset
+from explorer.data import ImageDataset, load_dataset_for_visitor
 from explorer.errors import ConfigError
 from explorer.estimate import run_work
 from explorer.footprint import DataSizes
@@ -147,7 +147,8 @@ class Worker:
         key = (str(job.get("dataset", "")), str(job.get("data_dir") or ""),
                bool(job.get("download", False)))
         if key not in self._datasets:
-            self._datasets[key] = load_dataset(key[0], key[1] or None, key[2])
+            # The folder a visitor typed, confined to $EXPLORER_DATA_DIR as on the page.
+            self._datasets[key] = load_dataset_for_visitor(key[0], key[1] or None, key[2])
             while len(self._datasets) > 2:
                 self._datasets.popitem(last=False)
         self._datasets.move_to_end(key)

@@ -378,3 +378,17 @@ def test_a_claim_on_postgresql_skips_a_run_another_server_is_claiming(postgres_u
             claimer.join(30)
             assert got and got[0]["id"] == second  # taken at once, not after waiting
         assert store.claim("w", "cpu", "cpu")["id"] == first  # free again once the lock ends
+
+
+def test_a_worker_reads_a_visitors_data_folder_inside_the_data_directory(tmp_path, monkeypatch):
+    """The job keeps the folder as the visitor typed it; the worker confines it as the page."""
+    from explorer.worker import Worker
+
+    monkeypatch.setenv("EXPLORER_DATA_DIR", str(tmp_path / "data"))
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        worker = Worker(store, "cpu")
+        with pytest.raises(ConfigError, match="EXPLORER_DATA_DIR/course") as caught:
+            worker._dataset({"dataset": "fashion-mnist", "data_dir": "course"})
+        assert str(tmp_path) not in str(caught.value)  # no server path in the sentence
+        with pytest.raises(ConfigError):
+            worker._dataset({"dataset": "fashion-mnist", "data_dir": "/etc"})
