@@ -19,8 +19,6 @@ from explorer.errors import ConfigError
 from explorer.runs import FINAL, LIVE, RunStore
 from explorer.training import TrainConfig
 
-SHUTDOWN_MESSAGE = "the server shut down before this run started."
-
 
 @dataclass(frozen=True)
 class DataRef:
