@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 from explorer.analysis import Analysis
 from explorer.charts import _layout, group_totals
 from explorer.errors import ConfigError
+from explorer.formatting import fmt_bytes, fmt_count, shape_text
 from explorer.layers import Layer, MetaPass, meta_pass, pair_text
 from explorer.receptive import rf_text
 from explorer.registry import PRESETS
@@ -29,34 +30,6 @@ MODEL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
 WHERE_COLORS = {"conv": "#1f77b4", "first fully connected": "#d62728",
                 "other fully connected": "#ff9896", "batch norm": "#2ca02c", "other": "#7f7f7f"}
 
-
-
-# ----------------------------------------------------------------------------------------------
-# Number formatting for the tables (large, short numbers read from the back of a lecture hall)
-
-
-def short_count(n: float | None) -> str:
-    """12,345,678 → '12.35 M'."""
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "—"
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:,.0f}"
-
-
-def short_bytes(n: float | None) -> str:
-    """Bytes in KiB/MiB/GiB with one decimal."""
-    if n is None:
-        return "—"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:,.0f} B"
-
-
-def _shape_text(shape: Sequence[int] | None) -> str:
-    return "×".join(str(s) for s in shape) if shape else "—"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,8 +68,8 @@ def totals_table(analyses: Mapping[str, Analysis], formatted: bool = True) -> pd
             if kind == "rf" and formatted:  # height×width when they differ
                 value = rf_text(analysis.totals).removesuffix(" px")
             elif formatted:
-                value = {"shape": _shape_text, "count": lambda v: f"{short_count(v)}  ({v:,})",
-                         "bytes": short_bytes,
+                value = {"shape": shape_text, "count": lambda v: f"{fmt_count(v)}  ({v:,})",
+                         "bytes": fmt_bytes,
                          "int": lambda v: "—" if v is None else f"{int(v):,}",
                          "classes": lambda v: "—" if v is None else f"{v:,}"}[kind](value)
             row[name] = value
@@ -114,7 +87,7 @@ def preset_points(names: Sequence[str] | None = None) -> pd.DataFrame:
         preset = PRESETS[name]
         mp = meta_pass(preset.spec)
         rows.append({"name": name, "group": preset.group, "family": preset.family,
-                     "input": _shape_text(preset.spec.input_shape), "params": mp.params,
+                     "input": shape_text(preset.spec.input_shape), "params": mp.params,
                      "macs": mp.macs, "macs_lecture": mp.macs_lecture})
     return pd.DataFrame(rows)
 
@@ -159,7 +132,7 @@ def param_location_figure(tables: Mapping[str, pd.DataFrame]) -> go.Figure:
                     marker_color=WHERE_COLORS[part],
                     text=[f"{p:.0f}%" if p >= 6 else "" for p in pct], textposition="inside",
                     insidetextanchor="middle", textfont={"size": 16},
-                    customdata=[short_count(v) for v in values],
+                    customdata=[fmt_count(v) for v in values],
                     hovertemplate="%{y}: %{x:.1f}% in " + part
                                   + " (%{customdata} parameters)<extra></extra>")
     fig.update_layout(barmode="stack", legend_traceorder="normal")
@@ -175,7 +148,7 @@ def params_per_stage_figure(tables: Mapping[str, pd.DataFrame], log: bool = Fals
         g = group_totals(table, 1)
         fig.add_bar(x=g["group"], y=g["params"], name=name,
                     marker_color=MODEL_COLORS[i % len(MODEL_COLORS)],
-                    customdata=[short_count(v) for v in g["params"]],
+                    customdata=[fmt_count(v) for v in g["params"]],
                     hovertemplate=name + " · %{x}: %{customdata} parameters<extra></extra>")
     fig.update_layout(barmode="group")
     fig.update_yaxes(title_text="parameters" + (" (log scale)" if log else ""),
@@ -345,7 +318,7 @@ def _differences(a: Layer, b: Layer, la: str, lb: str) -> list[tuple[str, str]]:
 
 
 def _from(layer: Layer) -> str:
-    return f" (a {_shape_text(layer.flat_from)} map)" if layer.first and layer.flat_from else ""
+    return f" (a {shape_text(layer.flat_from)} map)" if layer.first and layer.flat_from else ""
 
 
 def _only(x: Layer, side: list[Layer], other: list[Layer], lx: str, ly: str,
@@ -408,11 +381,11 @@ def align(left: SpecBase, right: SpecBase, left_label: str = "left",
                 status, reason = "differs", " ".join(s for _, s in diffs)
             elif x.output_shape[1:] != y.output_shape[1:]:
                 status = "size"
-                cause = (f"the inputs are {_shape_text(pa.input_shape)} and "
-                         f"{_shape_text(pb.input_shape)}" if input_differs
+                cause = (f"the inputs are {shape_text(pa.input_shape)} and "
+                         f"{shape_text(pb.input_shape)}" if input_differs
                          else "an earlier layer changes the size")
-                reason = (f"Same layer; its output is {_shape_text(x.output_shape)} in "
-                          f"{left_label} and {_shape_text(y.output_shape)} in {right_label} "
+                reason = (f"Same layer; its output is {shape_text(x.output_shape)} in "
+                          f"{left_label} and {shape_text(y.output_shape)} in {right_label} "
                           f"because {cause}.")
                 cats = ["input_size"] if input_differs else []
                 diffs = [("input_size", reason)] if input_differs else []
@@ -428,10 +401,10 @@ def align(left: SpecBase, right: SpecBase, left_label: str = "left",
         rows.append({
             "stage": (x or y).stage,  # type: ignore[union-attr]
             "left_name": x.name if x else "", "left_layer": x.describe() if x else "—",
-            "left_output": _shape_text(x.output_shape) if x else "",
+            "left_output": shape_text(x.output_shape) if x else "",
             "left_params": x.params if x else 0,
             "right_name": y.name if y else "", "right_layer": y.describe() if y else "—",
-            "right_output": _shape_text(y.output_shape) if y else "",
+            "right_output": shape_text(y.output_shape) if y else "",
             "right_params": y.params if y else 0,
             "status": status, "reason": reason, "categories": ",".join(dict.fromkeys(cats)),
             "parts": diffs,
@@ -536,7 +509,7 @@ def groups_figure(c_in: int, c_out: int, kernel: tuple[int, int], groups: int) -
     fig = go.Figure()
     fig.add_bar(x=[str(g) for g in options], y=weights,
                 marker_color=["#fd8d3c" if g == groups else "#9ecae1" for g in options],
-                text=[short_count(w) for w in weights], textposition="outside",
+                text=[fmt_count(w) for w in weights], textposition="outside",
                 textfont={"size": 15},
                 hovertemplate="g = %{x}: %{y:,} weights<extra></extra>")
     fig.update_xaxes(title_text="groups g", type="category")
@@ -547,5 +520,5 @@ def groups_figure(c_in: int, c_out: int, kernel: tuple[int, int], groups: int) -
 __all__ = ["CATEGORY_TITLES", "Layer", "MetaPass", "TOTAL_ROWS", "align",
            "differences_summary", "groups_figure", "macs_params_scatter", "meta_pass",
            "param_location", "param_location_figure", "params_per_stage_figure",
-           "preset_points", "short_bytes", "short_count", "sliding_window_figure",
+           "preset_points", "sliding_window_figure",
            "totals_table", "window_cells"]

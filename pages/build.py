@@ -12,6 +12,7 @@ from explorer import charts
 from explorer.bounded import literal
 from explorer.errors import ConfigError
 from explorer.export import table_csv, to_onnx_bytes, to_pytorch_source
+from explorer.formatting import fmt_bytes, fmt_count, shape_text
 from explorer.forms import (
     BOOK_ORDER_NOTE,
     book_notation,
@@ -39,11 +40,8 @@ from pages.common import (
     SPEC_QUERY_KEYS,
     analysis_for,
     drawn,
-    fmt_bytes,
-    fmt_count,
     restore_widgets,
     save_widgets,
-    shape_text,
     use_app_navigation,
 )
 

@@ -19,6 +19,7 @@ from explorer.analysis import Analysis, analyze
 from explorer.cost import check_spec
 from explorer.data import load_dataset_for_visitor
 from explorer.errors import ConfigError
+from explorer.formatting import fmt_bytes, fmt_count, shape_text  # noqa: F401 (the pages' names)
 from explorer.forms import md_escape
 from explorer.registry import DEFAULT_PRESET, get_preset
 from explorer.specs import SPEC_TYPES, spec_from_json
@@ -137,26 +138,6 @@ def current_spec():
         except ConfigError:
             pass
     return get_preset(DEFAULT_PRESET).spec
-
-
-def fmt_count(n: float) -> str:
-    """12,345,678 → '12.35 M' (metrics read from the back of a lecture hall)."""
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:,.0f}"
-
-
-def fmt_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:,.0f} B"
-
-
-def shape_text(shape) -> str:
-    """(64, 24, 24) → '64×24×24'; containers that are never called whole show a dash."""
-    return "×".join(str(s) for s in shape) if shape is not None else "—"
 
 
 @st.cache_resource

@@ -9,6 +9,7 @@ from explorer import charts
 from explorer import compare as cmp
 from explorer.bounded import shown
 from explorer.errors import ConfigError
+from explorer.formatting import fmt_count
 from explorer.forms import md_escape
 from explorer.io import read_spec, read_specs, safe_name, spec_from_link, specs_to_json
 from explorer.registry import COURSE_PAIRS, PRESETS
@@ -17,7 +18,6 @@ from pages.common import (
     analysis_for,
     current_spec,
     drawn,
-    fmt_count,
     get_manager,
     restore_widgets,
     save_widgets,

@@ -16,13 +16,12 @@ from explorer.convmath import (
     stacking_rows,
 )
 from explorer.errors import ConfigError
+from explorer.formatting import fmt_count, shape_text
 from explorer.forms import md_escape
 from pages.common import (
     drawn,
-    fmt_count,
     restore_widgets,
     save_widgets,
-    shape_text,
     use_app_navigation,
 )
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
+from explorer.formatting import fmt_count, shape_text
 from explorer.models import estimate
 from explorer.registry import COURSE_PAIRS, PRESETS, preset_names
-from pages.common import fmt_count, shape_text, use_app_navigation
+from pages.common import use_app_navigation
 
 use_app_navigation()  # before anything is drawn (see pages.common)
 

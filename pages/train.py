@@ -15,6 +15,7 @@ from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
 from explorer.estimate import head_option
 from explorer.footprint import DataSizes
+from explorer.formatting import fmt_count
 from explorer.forms import md_escape
 from explorer.io import read_runs, runs_to_json
 from explorer.jobs import DataRef
@@ -26,7 +27,6 @@ from pages.common import (
     current_spec,
     dataset,
     drawn,
-    fmt_count,
     get_manager,
     is_teacher,
     job_fragment_interval,

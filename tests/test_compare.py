@@ -287,3 +287,26 @@ def test_links_from_the_build_page():
     with pytest.raises(ConfigError, match="could not be read"):
         spec_from_link("?family=vgg&arch=[[1,0]]")
     assert safe_name("../etc/passwd") == "etc_passwd" and safe_name("") == "model"
+
+
+def test_one_formatting_module_serves_compare_and_the_pages():
+    # The totals table and the pages format through explorer.formatting (issue 13): the same
+    # function objects, so a count cannot read "11.69 M" on Build and "11.7 M" on Compare.
+    from explorer import formatting
+    from pages import common
+
+    assert cmp.fmt_count is formatting.fmt_count is common.fmt_count
+    assert cmp.fmt_bytes is formatting.fmt_bytes is common.fmt_bytes
+    assert cmp.shape_text is formatting.shape_text is common.shape_text
+    # Hand-worked values: 11,689,512 / 10^6 = 11.689512 → "11.69 M"; 61,706 / 10^3 → "61.71 k";
+    # 3 MB = 3,000,000 / 2^20 = 2.861 MiB → "2.9 MiB"; 1023 B stays in bytes; 2^30 is 1.0 GiB.
+    assert formatting.fmt_count(11_689_512) == "11.69 M"
+    assert formatting.fmt_count(61_706) == "61.71 k"
+    assert formatting.fmt_count(1.5e9) == "1.50 G"
+    assert formatting.fmt_count(999) == "999"
+    assert formatting.fmt_count(None) == formatting.fmt_count(float("nan")) == "—"
+    assert formatting.fmt_bytes(3_000_000) == "2.9 MiB"
+    assert formatting.fmt_bytes(1023) == "1,023 B"
+    assert formatting.fmt_bytes(2**30) == "1.0 GiB"
+    assert formatting.shape_text((64, 24, 24)) == "64×24×24"
+    assert formatting.shape_text(None) == formatting.shape_text(()) == "—"
