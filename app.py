@@ -6,7 +6,7 @@ from explorer.system import device_description, versions
 
 # The pages' shared module is imported here, once, before st.navigation runs any page: the
 # pages of several first visitors then find it whole instead of importing it side by side.
-from pages.common import run_page
+from pages.common import app_pages, run_page
 
 # Presentation mode (?present=true, the sidebar toggle below): bigger type, no sidebar, results
 # under the editors at full width. Read from the URL here because the sidebar's first state
@@ -19,21 +19,7 @@ PRESENT = (bool(st.session_state["present"]) if "present" in st.session_state
 st.set_page_config(page_title="CNN Explorer", page_icon="🧠", layout="wide",
                    initial_sidebar_state="collapsed" if PRESENT else 250)
 
-PAGES = [
-    # The default page is served at "/" (Streamlit ignores a url_path on it).
-    st.Page("pages/build.py", title="Build", icon=":material/construction:", default=True),
-    st.Page("pages/train.py", title="Train", icon=":material/monitoring:", url_path="train"),
-    st.Page("pages/bn_lab.py", title="Batch norm", icon=":material/equalizer:",
-            url_path="bn_lab"),
-    st.Page("pages/inspect.py", title="Inspect", icon=":material/visibility:", url_path="inspect"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:",
-            url_path="compare"),
-    st.Page("pages/conv.py", title="Conv arithmetic", icon=":material/calculate:",
-            url_path="conv"),
-    st.Page("pages/gallery.py", title="Lecture gallery", icon=":material/school:",
-            url_path="gallery"),
-    st.Page("pages/readme.py", title="README", icon=":material/menu_book:", url_path="readme"),
-]
+PAGES = app_pages()  # the sidebar's pages (pages/common.py, where a page also finds them)
 page = st.navigation(PAGES)
 
 with open("assets/style.css", encoding="utf-8") as css:

@@ -5,15 +5,17 @@ Streamlit code lives here and in the page scripts only; everything else is in ``
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import gc
 import importlib
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 
 from explorer.analysis import Analysis, analyze
 from explorer.cost import check_spec
@@ -50,19 +52,54 @@ def _freeze_long_lived_objects() -> None:
 _freeze_long_lived_objects()  # this module is imported once, by app.py, before any page runs
 
 
+APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
+# Set while app.py runs a page (run_page): a page run without it was started by Streamlit's
+# pages/-folder mode, not through app.py's st.navigation.
+_THROUGH_APP: contextvars.ContextVar[bool] = contextvars.ContextVar("through_app", default=False)
+
+
+def app_pages() -> list:
+    """app.py's pages, in the sidebar's order (also used by a page that must rerun through
+    app.py, see ``use_app_navigation``)."""
+    here = APP_SCRIPT.parent / "pages"
+    return [
+        # The default page is served at "/" (Streamlit ignores a url_path on it).
+        st.Page(here / "build.py", title="Build", icon=":material/construction:", default=True),
+        st.Page(here / "train.py", title="Train", icon=":material/monitoring:", url_path="train"),
+        st.Page(here / "bn_lab.py", title="Batch norm", icon=":material/equalizer:",
+                url_path="bn_lab"),
+        st.Page(here / "inspect.py", title="Inspect", icon=":material/visibility:",
+                url_path="inspect"),
+        st.Page(here / "compare.py", title="Compare", icon=":material/compare_arrows:",
+                url_path="compare"),
+        st.Page(here / "conv.py", title="Conv arithmetic", icon=":material/calculate:",
+                url_path="conv"),
+        st.Page(here / "gallery.py", title="Lecture gallery", icon=":material/school:",
+                url_path="gallery"),
+        st.Page(here / "readme.py", title="README", icon=":material/menu_book:",
+                url_path="readme"),
+    ]
+
+
 def use_app_navigation() -> None:
     """Run this page through app.py's st.navigation (call it first thing in every page).
 
     Streamlit treats an app beside a pages/ folder as a "v1" multipage app until app.py first
-    calls st.navigation; a fresh server whose first visitor opens /build directly runs the page
-    without app.py's navigation, sidebar and styles. Switch to st.navigation and rerun through
-    app.py instead. This is a function, not code run on import: a rerun raised while this module
-    is being imported fails that import, and pages importing it at the same moment in other
-    sessions then found it half made ("cannot import name 'drawn' from 'pages.common'").
+    calls st.navigation; a fresh server whose first visitor opens /train directly runs the page
+    without app.py's navigation, sidebar and styles. Such a page calls the public
+    ``st.navigation`` with app.py's pages itself (which ends the pages/-folder mode for the
+    server) and reruns, through app.py this time. A page run on its own as the main script
+    (AppTest of one page) is left alone. This is a function, not code run on import: a rerun
+    raised while this module is being imported fails that import, and pages importing it at
+    the same moment in other sessions then found it half made.
     """
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
+    if _THROUGH_APP.get():
+        return
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main is None or Path(main).resolve() != APP_SCRIPT:
+        return
+    st.navigation(app_pages(), position="hidden")
+    st.rerun()
 
 
 def run_page(page) -> None:
@@ -71,6 +108,7 @@ def run_page(page) -> None:
 
     Streamlit's own reruns and stops are BaseExceptions and pass through.
     """
+    token = _THROUGH_APP.set(True)
     try:
         page.run()
     except ConfigError as exc:  # a sentence meant for the student, not caught by the page
@@ -80,6 +118,8 @@ def run_page(page) -> None:
         st.error("Something went wrong on this page and was written to the server's log. "
                  "Undo your last change or reload the page; if it happens again, tell the "
                  "teacher.")
+    finally:
+        _THROUGH_APP.reset(token)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

@@ -26,7 +26,7 @@ from explorer.models import build
 from explorer.runs import FINAL, RunStore
 from explorer.specs import spec_from_dict, spec_from_json
 from explorer.weights import load_into, read_weights, run_files, weights_note, weights_path
-from pages.common import current_spec, dataset
+from pages.common import current_spec, dataset, use_app_navigation
 
 state = st.session_state
 SOURCES = ["A training run", "The Build page's model (untrained)"]
@@ -260,6 +260,7 @@ def main() -> None:
             key="in_wrong")
 
 
+use_app_navigation()  # before anything is drawn (see pages.common)
 try:
     main()
 except ConfigError as exc:

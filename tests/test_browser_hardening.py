@@ -95,6 +95,9 @@ def test_three_pages_of_a_fresh_server_opened_at_once_all_render(chromium, tmp_p
             for word in ("ImportError", "Traceback", "cannot import name", "went wrong"):
                 assert word not in text, (path, word, text[:800])
             assert title in text, (path, text[:800])
+            # Run through app.py (its sidebar), not as a lone script of Streamlit's pages/
+            # folder mode, which a fresh server uses until app.py first calls st.navigation.
+            assert "Trains on:" in text, (path, text[:800])
 
 
 EVIL_IMAGE = "![t](http://evil.example/x.png)"
