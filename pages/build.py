@@ -39,9 +39,6 @@ from pages.common import (
     SPEC_KEY,
     SPEC_QUERY_KEYS,
     analysis_for,
-    drawn,
-    restore_widgets,
-    save_widgets,
     use_app_navigation,
 )
 
@@ -49,9 +46,13 @@ use_app_navigation()  # before anything is drawn (see pages.common)
 
 state = st.session_state
 VIEWS = ["Layers", "Charts", "Diagram", "Share & export", "About"]
-# How the model is shown (not part of the spec): kept across pages and views, not in the URL.
-VIEW_KEYS = ("build_view", "build_levels", "build_group")
-VIEW_SAVED = "build_view_saved"
+# How the model is shown (not part of the spec): bound to the URL, so that a link opens the same
+# view, and kept by Streamlit while another page or view is shown. The keys are URL parameters.
+VIEW = {"key": "build_view", "bind": "query-params", "persist_state": "session"}
+LEVELS = {"key": "build_levels", "bind": "query-params", "persist_state": "session"}
+GROUP = {"key": "build_group", "bind": "query-params", "persist_state": "session"}
+DEFAULT_LEVEL = 2  # stages and their blocks
+MAX_TABLE_ROWS = 60  # the layer table shows this many rows before it scrolls inside itself
 MAX_PASTE_CHARS = 4_000  # VGG-19's arch tuple is 50 characters, GoogLeNet's stages 400
 
 
@@ -87,8 +88,9 @@ def sync_query(new: dict[str, str]) -> None:
         st.query_params.update(changed)
 
 
-def on_preset() -> None:
-    name = state.get("build_preset")
+def on_preset(name: str | None = None) -> None:
+    """Load the preset chosen in the box (or ``name``: the Reset button's)."""
+    name = name or state.get("build_preset")
     if name:
         load(get_preset(name).spec, name)
 
@@ -245,10 +247,10 @@ def layer_table(analysis, name: str) -> None:
     table = analysis.table
     max_depth = int(table["depth"].max())
     levels = list(range(1, max_depth + 1))
-    if state.get("build_levels") not in levels:  # first view, or a shallower model
-        state["build_levels"] = min(2, max_depth)
-    level = st.select_slider("Show levels", options=levels, key=drawn(VIEW_SAVED, "build_levels"),
-                             help="1 = stages, deeper levels = blocks, then layers")
+    if state.get("build_levels", 1) not in levels:  # a level the shallower model lacks
+        state["build_levels"] = max_depth
+    level = st.select_slider("Show levels", options=levels, value=min(DEFAULT_LEVEL, max_depth),
+                             help="1 = stages, deeper levels = blocks, then layers", **LEVELS)
     rows = table[(table["depth"] >= 1) & (table["depth"] <= level)]
     view = rows.assign(
         layer=["    " * (int(d) - 1) + n for n, d in zip(rows["name"], rows["depth"],
@@ -257,7 +259,11 @@ def layer_table(analysis, name: str) -> None:
     view = view[["layer", "type", "output", "params", "macs", "macs_lecture", "receptive_field",
                  "jump"]].rename(columns={"macs": "MACs", "macs_lecture": "MACs lecture",
                                           "receptive_field": "RF"})
-    st.dataframe(view, hide_index=True, width="stretch", height=420,
+    # Every row at once (the page scrolls, as a reader expects), up to 60 rows; a deeper
+    # table scrolls inside a box of 60 rows (35 px each and the header) rather than grow a page
+    # of thousands of pixels.
+    st.dataframe(view, hide_index=True, width="stretch",
+                 height="content" if len(view) <= MAX_TABLE_ROWS else 38 + 35 * MAX_TABLE_ROWS,
                  column_config={"params": st.column_config.NumberColumn(format="localized"),
                                 "MACs": st.column_config.NumberColumn(
                                     format="localized", help="torchinfo's count (bias included)"),
@@ -330,7 +336,6 @@ elif "build_family" not in state:
     # the last model back into the widgets.
     load(spec_from_json(state.get("build_good") or state[SPEC_KEY]),
          state.get("build_loaded_preset"))
-restore_widgets(VIEW_SAVED)
 if "build_url_error" in state:
     st.warning(state.pop("build_url_error"))
 
@@ -340,12 +345,10 @@ top = st.container()
 left, right = st.container(key="editor_results").columns([1, 2.3], gap="medium")
 
 with left:
-    st.selectbox("Preset", list(PRESETS), key="build_preset", index=None,
-                 on_change=on_preset,
-                 placeholder="Your own variant (edited)")
+    # Drawn once the model is known, so that the box and the title agree on whether the model
+    # shown is still the preset.
+    preset_box = st.container()
     loaded = state.get("build_loaded_preset")
-    if loaded:
-        st.caption(PRESETS[loaded].description)
     st.selectbox("Family", FAMILIES, key="build_family", on_change=on_family,
                  format_func=lambda f: SPEC_TYPES[f].title)
     cls = SPEC_TYPES[state["build_family"]]
@@ -373,6 +376,15 @@ else:
     analysis = analysis_for(spec_json)
 # The preset's name stays only while the model shown is unchanged; edits make it "your variant".
 preset = loaded if loaded and spec == PRESETS[loaded].spec else None
+state["build_preset"] = preset  # an edited preset is "your variant" in the box, as in the title
+with preset_box:
+    st.selectbox("Preset", list(PRESETS), key="build_preset", index=None, on_change=on_preset,
+                 placeholder=f"{loaded}, edited" if loaded else "Your own variant",
+                 help="Choose a preset to load it; choose it again to undo your edits")
+    if preset:
+        st.caption(PRESETS[preset].description)
+    elif loaded:
+        st.caption(f"Your variant of {loaded}: the title and the files say {loaded}_edited.")
 if not error:
     sync_query(spec.to_query() | ({"preset": preset} if preset else {}))
 
@@ -390,14 +402,12 @@ with right:
                  icon=":material/visibility:")
     # A radio rather than st.tabs: only the view on screen is computed, which keeps every
     # widget change quick.
-    view = st.radio("View", VIEWS, horizontal=True, key=drawn(VIEW_SAVED, "build_view"),
-                    label_visibility="collapsed",
+    view = st.radio("View", VIEWS, horizontal=True, label_visibility="collapsed", **VIEW,
                     format_func=lambda v: f"About {cls.title}" if v == "About" else v)
     if view == "Layers":
         layer_table(analysis, name)
     elif view == "Charts":
-        level = st.radio("Group by", ["stage", "block"], horizontal=True,
-                         key=drawn(VIEW_SAVED, "build_group"))
+        level = st.radio("Group by", ["stage", "block"], horizontal=True, **GROUP)
         figs = figures_for(spec_json, 1 if level == "stage" else 2)
         for key in ("by_group", "shape_flow", "receptive_field"):
             st.plotly_chart(figs[key], width="stretch")
@@ -414,5 +424,4 @@ with left:
     if spec.family in ("resnet", "resnext") and spec.block == "bottleneck":
         resnext_groups(spec)
     if loaded and (preset is None or error):
-        st.button(f"Reset to {loaded}", on_click=on_preset)
-save_widgets(VIEW_SAVED, VIEW_KEYS)
+        st.button(f"Reset to {loaded}", on_click=on_preset, args=(loaded,))

@@ -292,3 +292,63 @@ def test_the_view_and_its_level_survive_another_page():
     assert not at.exception
     assert at.select_slider(key="build_levels").options == ["1", "2"]
     assert at.select_slider(key="build_levels").value == 2
+
+
+def layer_names(at: AppTest) -> list[str]:
+    table = next(d.value for d in at.dataframe if "layer" in d.value.columns)
+    return [n.strip() for n in table["layer"]]
+
+
+def test_a_link_opens_the_view_and_level_it_names():
+    # A teacher's link to the block-level charts of the course DenseNet (issue 12): the view and
+    # its settings are URL parameters of their own, beside the model's.
+    at = fresh({"preset": "course_densenet", "build_view": "Charts", "build_group": "block"})
+    assert not at.exception
+    assert by_key(at.radio, "build_view").value == "Charts"
+    assert by_key(at.radio, "build_group").value == "block"
+    # Grouped by block: the first chart has a bar per dense block and transition, more than
+    # the 4 stages, so it cannot be the stage grouping.
+    assert len(at.get("plotly_chart")) == 3
+    deep = fresh({"preset": "course_resnet18", "build_levels": "3"})
+    assert not deep.exception
+    assert deep.select_slider(key="build_levels").value == 3
+    # Level 3 of ResNet-18 lists the layers inside each basic block: stage1.block1.conv1 is at
+    # depth 3 (stage, block, layer), so its row is shown, which level 2 hides.
+    assert "stage1.block1.conv1" in layer_names(deep)
+    assert "stage1.block1.conv1" not in layer_names(fresh({"preset": "course_resnet18"}))
+
+
+@pytest.mark.parametrize("query", [
+    {"build_view": "Sideways"}, {"build_levels": "9" * 5000}, {"build_levels": "0"},
+    {"build_group": "[x](http://evil.example/)"}])
+def test_a_link_with_an_unknown_view_opens_the_default_one(query):
+    at = fresh({"preset": "course_lenet", **query})
+    assert not at.exception, at.exception
+    assert by_key(at.radio, "build_view").value == "Layers"
+    assert at.select_slider(key="build_levels").value == 2
+
+
+def test_the_preset_box_and_the_title_agree_after_an_edit():
+    at = fresh({"preset": "course_densenet"})
+    description = get_preset("course_densenet").description
+    assert any(c.value == description for c in at.caption)
+    by_key(at.number_input, "f_growth_rate").set_value(12).run()
+    assert not at.exception
+    # The title says the model is an edited copy; the box no longer names the preset and its
+    # description (which would caption a model that is not shown) gives way to a sentence.
+    assert heading(at).startswith("#### course_densenet_edited · DenseNet on ")
+    assert by_key(at.selectbox, "build_preset").value is None
+    assert not any(c.value == description for c in at.caption)
+    assert any("Your variant of course_densenet" in c.value for c in at.caption)
+    # Reset (an on_click callback) brings back the preset, its name in the box and the title.
+    next(b for b in at.button if b.label == "Reset to course_densenet").click().run()
+    assert not at.exception
+    assert by_key(at.selectbox, "build_preset").value == "course_densenet"
+    assert by_key(at.number_input, "f_growth_rate").value == get_preset(
+        "course_densenet").spec.growth_rate
+    assert heading(at).startswith("#### course_densenet · DenseNet on ")
+    # Choosing the same preset again in the box after an edit undoes the edit too.
+    by_key(at.number_input, "f_growth_rate").set_value(12).run()
+    by_key(at.selectbox, "build_preset").select("course_densenet").run()
+    assert heading(at).startswith("#### course_densenet · DenseNet on ")
+    assert by_key(at.number_input, "f_growth_rate").value != 12
