@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from urllib.parse import urlencode
 
 import streamlit as st
 import torch
@@ -304,12 +305,29 @@ def source_for(spec_json: str, name: str) -> str:
                              spec_json)
 
 
-def share_and_export(spec, spec_json: str, name: str) -> None:
+def share_link(spec, view: str) -> str:
+    """This page's address with the model, the preset's name while unedited, and how it is
+    shown (the bound widgets' parameters, left out at their defaults as Streamlit does)."""
     base = st.context.url.split("?")[0] if st.context.url else ""
-    query = "&".join(f"{k}={v}" for k, v in spec.to_query().items())
+    query = spec.to_query()
+    if (preset := state.get("build_preset")) and spec == PRESETS[preset].spec:
+        query["preset"] = preset
+    if view != VIEWS[0]:
+        query["build_view"] = view
+    if state.get("build_levels", DEFAULT_LEVEL) != DEFAULT_LEVEL:
+        query["build_levels"] = str(state["build_levels"])
+    if state.get("build_group", "stage") != "stage":
+        query["build_group"] = state["build_group"]
+    return f"{base}?{urlencode(query)}"
+
+
+def share_and_export(spec, spec_json: str, name: str) -> None:
     st.markdown("**Link to this model** (opening it rebuilds the same network; the copy "
                 "button is at the right of the box):")
-    st.code(f"{base}?{query}", language=None, wrap_lines=True)
+    opens = st.selectbox("The link opens on", [v for v in VIEWS if v != "Share & export"],
+                         key="build_share_view", format_func=lambda v: f"the {v} view",
+                         help="with the level of detail and the grouping you chose")
+    st.code(share_link(spec, opens), language=None, wrap_lines=True)
     cols = st.columns(3)
     cols[0].download_button("PyTorch source (.py)", source_for(spec_json, name),
                             f"{name}.py", "text/x-python",

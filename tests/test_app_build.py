@@ -352,3 +352,30 @@ def test_the_preset_box_and_the_title_agree_after_an_edit():
     by_key(at.selectbox, "build_preset").select("course_densenet").run()
     assert heading(at).startswith("#### course_densenet · DenseNet on ")
     assert by_key(at.number_input, "f_growth_rate").value != 12
+
+
+def test_the_share_link_is_url_encoded_and_reopens_the_model_and_its_view():
+    from urllib.parse import parse_qsl, urlsplit
+
+    at = fresh({"preset": "course_googlenet"})
+    at.select_slider(key="build_levels").set_value(3).run()
+    by_key(at.radio, "build_view").set_value("Charts").run()
+    by_key(at.radio, "build_group").set_value("block").run()
+    by_key(at.number_input, "f_in_h").set_value(64).run()  # an edited model: no preset name
+    by_key(at.radio, "build_view").set_value("Share & export").run()
+    by_key(at.selectbox, "build_share_view").select("Charts").run()
+    assert not at.exception
+    link = at.code[0].value
+    # GoogLeNet's stages hold brackets, commas and quotes: encoded, never joined raw with "&".
+    assert "[" not in link and " " not in link and '"' not in link
+    query = dict(parse_qsl(urlsplit(link).query))
+    assert query["build_view"] == "Charts" and query["build_levels"] == "3"
+    assert query["build_group"] == "block" and "preset" not in query
+    again = fresh(query)
+    assert not again.exception
+    assert by_key(again.radio, "build_view").value == "Charts"
+    assert by_key(again.radio, "build_group").value == "block"
+    assert by_key(again.number_input, "f_in_h").value == 64
+    assert metric(again, "Parameters").help == metric(at, "Parameters").help
+    by_key(again.radio, "build_view").set_value("Layers").run()
+    assert again.select_slider(key="build_levels").value == 3
