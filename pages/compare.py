@@ -41,8 +41,11 @@ WRITTEN = "cmp_url_written"  # the URL this page wrote last: a different one is 
 # plain copy made at the end of every run brings it back.
 SAVED = "cmp_saved"
 KEPT = ("cmp_models", "cmp_pair", "cmp_view", *FLAGS)
-ROW_COLORS = {"differs": "#ffe3c2", "left": "#fcd0d0", "right": "#fcd0d0", "size": "#e8f0fb",
-              "same": "#ffffff"}
+# Row tints laid over the theme's background, so that the theme's text reads on them in the
+# light and in the dark theme (a fixed light colour under dark mode's light text did not);
+# identical rows keep the plain background.
+ROW_COLORS = {"differs": "rgba(255, 140, 0, 0.30)", "left": "rgba(230, 40, 40, 0.30)",
+              "right": "rgba(230, 40, 40, 0.30)", "size": "rgba(60, 130, 240, 0.25)"}
 
 
 # ---- the models: presets by name, everything else as spec JSON under its own label ----------
@@ -297,8 +300,8 @@ def runs_tab(chosen: list[str]) -> None:
 
 
 def style_rows(frame: pd.DataFrame, status: pd.Series):
-    colors = [ROW_COLORS.get(s, "#ffffff") for s in status]
-    return frame.style.apply(lambda col: [f"background-color: {c}" for c in colors], axis=0)
+    styles = [f"background-color: {ROW_COLORS[s]}" if s in ROW_COLORS else "" for s in status]
+    return frame.style.apply(lambda col: styles, axis=0)
 
 
 def layers_head(chosen: list[str]) -> pd.DataFrame | None:
@@ -330,9 +333,9 @@ def layers_head(chosen: list[str]) -> pd.DataFrame | None:
 def layers_table(frame: pd.DataFrame) -> None:
     """Every aligned layer, coloured by status, with its reason (full page width)."""
     left, right = state["cmp_pair"].split("|", 1)
-    a, b, _ = st.columns([1, 1.3, 1.7])
-    a.toggle("Only the rows that differ", key=drawn(SAVED, "cmp_diff"))
-    b.toggle("Output shapes and parameters", key=drawn(SAVED, "cmp_details"))
+    # One under the other: side by side, a projector's narrow page cut their labels.
+    st.toggle("Only the rows that differ", key=drawn(SAVED, "cmp_diff"))
+    st.toggle("Output shapes and parameters", key=drawn(SAVED, "cmp_details"))
     rows = frame[frame["status"] != "same"] if state["cmp_diff"] else frame
     view = pd.DataFrame({
         "layer": [row_name(ln, rn) for ln, rn in zip(rows["left_name"], rows["right_name"],
@@ -350,8 +353,13 @@ def layers_table(frame: pd.DataFrame) -> None:
                          hide_index=True, width="stretch", height=460,
                          key=f"cmp_rows_{state['cmp_pair']}_{state['cmp_diff']}",
                          on_select="rerun", selection_mode="single-row",
-                         column_config={"why": st.column_config.TextColumn(width="large"),
-                                        "layer": st.column_config.TextColumn(width="medium")})
+                         # Widths that fit a projector's 683-pixel page with every column
+                         # (the table stretches them on a wider screen); a reason longer than
+                         # its cell is read in full by clicking its row.
+                         column_config={"layer": st.column_config.TextColumn(width=160),
+                                        left: st.column_config.TextColumn(width=130),
+                                        right: st.column_config.TextColumn(width=130),
+                                        "why": st.column_config.TextColumn(width=160)})
     chosen_rows = event.selection.rows if event else []
     with picked:
         if chosen_rows and chosen_rows[0] < len(view):
@@ -381,7 +389,8 @@ if url_is_new() or not restore_widgets(SAVED):
 st.title("Compare networks")
 models_box()
 top = st.container()
-left_col, right_col = st.columns([1, 2.3], gap="medium")
+# The keyed container lets assets/style.css put the results under the controls on a narrow screen.
+left_col, right_col = st.container(key="editor_results").columns([1, 2.3], gap="medium")
 
 with left_col:
     controls()

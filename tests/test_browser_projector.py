@@ -194,3 +194,56 @@ def test_presentation_mode_link(app_url, browser, screenshot):
         assert pg.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)") == big
     finally:
         context.close()
+
+
+def _text_contrast(png: bytes) -> float:
+    """The contrast between a strip's commonest colour (its background) and the pixel that
+    differs from it most (its text): what a reader sees, from the pixels Glide drew."""
+    import io
+    from collections import Counter
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = [tuple(p) for p in np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+              .reshape(-1, 3).tolist()]
+    background = Counter(pixels).most_common(1)[0][0]
+
+    def lum(c):
+        v = [x / 255 for x in c]
+        v = [x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4 for x in v]
+        return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]
+
+    def ratio(a, b):
+        hi, lo = sorted((lum(a), lum(b)), reverse=True)
+        return (hi + 0.05) / (lo + 0.05)
+
+    return max(ratio(p, background) for p in set(pixels))
+
+
+@pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
+def test_compare_layer_rows_read_on_a_projector_in_both_themes(app_url, projector, screenshot):
+    """Compare's layer-by-layer table at 683×512: every column shown, and the text of its
+    tinted rows (differs, same layer on another size, and identical) readable in either theme."""
+    _open(projector, app_url + "/compare?cmp_models=course_resnet18,resnet18&cmp_view=layers",
+          "text=Click a row to read its reason in full.")
+    frame = projector.get_by_test_id("stDataFrame").last
+    frame.scroll_into_view_if_needed()
+    projector.wait_for_timeout(800)
+    scheme = projector.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
+    screenshot(projector, f"projector_{'dark' if scheme else 'light'}_compare_layers")
+    tables = projector.evaluate(MEASURE)["tables"]
+    layers = tables[-1]  # name, the two models, why (and Glide's selection column)
+    assert layers["columns"] >= 4 and layers["headers"] == layers["columns"], tables
+    assert layers["scroll"] <= layers["client"], tables
+    # The toggles' labels are whole (they were cut side by side).
+    for label in ("Only the rows that differ", "Output shapes and parameters"):
+        assert projector.get_by_text(label, exact=True).is_visible()
+    # Rows 1-3: stem.conv differs (a bias), stem.bn and stem.pool are the same layer on a map of
+    # another size. Each row's name (inside the 160-pixel layer column, clear of the grid's
+    # lines) must read at WCAG AA (4.5:1).
+    box = frame.bounding_box()
+    for row in range(3):
+        y = box["y"] + 35 * (row + 1) + 8
+        png = projector.screenshot(clip={"x": box["x"] + 48, "y": y, "width": 140, "height": 20})
+        assert _text_contrast(png) >= 4.5, (row, scheme)
