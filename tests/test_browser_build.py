@@ -51,3 +51,35 @@ def test_pick_a_preset_edit_a_row_and_see_the_new_count(app_url, page, screensho
     assert re.search(r"\(6, 32\)", page.content())
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "build-lenet-edited")
+
+
+def test_the_address_bar_carries_the_view_through_model_edits(app_url, page, screenshot):
+    """The view is bound to the URL by Streamlit (the browser writes it), the model by the page:
+    an edit of the model must not drop the view from the address, and the address reopens
+    both (issue 12: a shared Build link restores the view as well as the model)."""
+    import urllib.parse
+
+    page.goto(f"{app_url}/?preset=course_lenet")
+    page.wait_for_selector('[data-testid="stMetricValue"]', timeout=90_000)
+    page.get_by_text("Charts", exact=True).click()
+    page.wait_for_url(re.compile(r"build_view=Charts"), timeout=30_000)
+    page.get_by_text("block", exact=True).click()
+    page.wait_for_url(re.compile(r"build_group=block"), timeout=30_000)
+    # An edit of the model: the height 28 → 32 (the page writes the spec into the URL).
+    height = page.get_by_label("Height")
+    height.fill("32")
+    height.press("Enter")
+    page.wait_for_url(re.compile(r"input_shape=%5B1%2C32%2C28%5D"), timeout=60_000)
+    page.wait_for_timeout(1500)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(page.url).query))
+    assert query.get("build_view") == "Charts" and query.get("build_group") == "block", page.url
+    # The address, opened afresh, shows the edited model in the same view.
+    fresh = page.context.new_page()
+    fresh.goto(page.url)
+    fresh.wait_for_selector('[data-testid="stMetricValue"]', timeout=90_000)
+    fresh.wait_for_selector(".js-plotly-plot", timeout=60_000)
+    assert fresh.get_by_role("radio", name="Charts").is_checked()
+    assert fresh.get_by_role("radio", name="block").is_checked()
+    assert fresh.get_by_label("Height").input_value() == "32"
+    screenshot(fresh, "build-link-reopens-the-charts-view")
+    fresh.close()
