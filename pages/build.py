@@ -420,8 +420,8 @@ with right:
                  icon=":material/visibility:")
     # A radio rather than st.tabs: only the view on screen is computed, which keeps every
     # widget change quick.
-    view = st.radio("View", VIEWS, horizontal=True, label_visibility="collapsed", **VIEW,
-                    format_func=lambda v: f"About {cls.title}" if v == "About" else v)
+    # No format_func: a bound widget writes the label it shows into the URL.
+    view = st.radio("View", VIEWS, horizontal=True, label_visibility="collapsed", **VIEW)
     if view == "Layers":
         layer_table(analysis, name)
     elif view == "Charts":

@@ -5,6 +5,7 @@ Streamlit code lives here and in the page scripts only; everything else is in ``
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import gc
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from explorer.analysis import Analysis, analyze
 from explorer.cost import check_spec
@@ -296,6 +298,64 @@ def job_fragment_interval(job_id: int) -> float | None:
         return None if get_manager().get(job_id).done else 1.0
     except ConfigError:
         return None
+
+
+def refuse_unreadable_params(readers: Mapping[str, Callable[[str], object]]) -> dict[str, str]:
+    """The URL's values for this page's bound widgets that cannot be read, each taken out of
+    the URL; returns {key: the value as typed, shortened}, for one sentence on the page.
+
+    ``readers`` maps a widget key (its URL parameter) to a function that returns its value or
+    raises ``ValueError``. Streamlit drops an unreadable bound value without a word, and a
+    number input's binding fails outright on a number of thousands of digits; so a widget whose
+    URL value is refused here is drawn unbound for this run (``bound``), the parameter is gone
+    from the address, and the next run binds it again.
+    """
+    from explorer.bounded import shown
+
+    refused = {}
+    for key, read in readers.items():
+        raw = st.query_params.get(key)
+        if raw is None:
+            continue
+        try:
+            read(raw)
+        except (ValueError, OverflowError):
+            refused[key] = shown(raw, 40)
+            with contextlib.suppress(StreamlitAPIException):  # bound since an earlier visit
+                del st.query_params[key]
+    st.session_state["_unbound_this_run"] = set(refused)
+    return refused
+
+
+def bound(key: str) -> dict:
+    """A widget's ``key``, bound to the URL parameter of that name and kept by Streamlit across
+    pages (``persist_state``); unbound for a run whose URL value was refused."""
+    if key in st.session_state.get("_unbound_this_run", ()):
+        return {"key": key, "persist_state": "session"}
+    return {"key": key, "bind": "query-params", "persist_state": "session"}
+
+
+def whole(lo: int, hi: int) -> Callable[[str], int]:
+    """A reader for ``refuse_unreadable_params``: a whole number from lo to hi."""
+    def read(raw: str) -> int:
+        if not (raw.isascii() and raw.strip().lstrip("-").isdigit()) or len(raw) > 12:
+            raise ValueError(raw)
+        value = int(raw)
+        if not lo <= value <= hi:
+            raise ValueError(raw)
+        return value
+    return read
+
+
+def one_of(options: Iterable[str]) -> Callable[[str], str]:
+    """A reader for ``refuse_unreadable_params``: one of the options, as written."""
+    allowed = [str(o) for o in options]
+
+    def read(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(raw)
+        return raw
+    return read
 
 
 def restore_widgets(saved_key: str) -> bool:

@@ -6,7 +6,6 @@ import html
 
 import streamlit as st
 
-from explorer.bounded import shown
 from explorer.compare import groups_figure, sliding_window_figure
 from explorer.convmath import (
     conv_layer,
@@ -18,92 +17,44 @@ from explorer.convmath import (
 from explorer.errors import ConfigError
 from explorer.formatting import fmt_count, shape_text
 from explorer.forms import md_escape
-from pages.common import (
-    drawn,
-    restore_widgets,
-    save_widgets,
-    use_app_navigation,
-)
+from pages.common import bound, one_of, refuse_unreadable_params, use_app_navigation, whole
 
 use_app_navigation()  # before anything is drawn (see pages.common)
 
 state = st.session_state
 
-# Every control, its default and range: the keys are both session-state keys and URL parameters.
+# Every control, its default and range: the keys are both session-state keys and URL parameters
+# (each widget is bound to its parameter, so the address reopens the page as it is).
 INTS: dict[str, tuple[int, int, int]] = {
     "conv_c": (1, 1, 4096), "conv_h": (28, 1, 4096), "conv_w": (28, 1, 4096),
     "conv_out": (6, 1, 4096), "conv_kh": (5, 1, 64), "conv_kw": (5, 1, 64),
     "conv_s": (1, 1, 64), "conv_p": (2, 0, 64), "conv_d": (1, 1, 16), "conv_g": (1, 1, 4096),
     "conv_pk": (2, 1, 64), "conv_ps": (2, 1, 64), "conv_pp": (0, 0, 32),
-    "conv_layers": (2, 1, 12), "conv_pos": (0, 0, 100_000),
+    "conv_layers": (2, 1, 12),
 }
-CHOICES: dict[str, tuple[str, ...]] = {"conv_mode": ("conv", "pool"), "conv_pool": ("max", "avg")}
-BOOLS: dict[str, bool] = {"conv_bias": True}
-KEYS = (*INTS, *CHOICES, *BOOLS)
-WRITTEN = "conv_url_written"  # the URL this page wrote last: a different one is a new link
-# Streamlit forgets a widget's value when a run does not draw it (another page, or the pooling
-# mode hiding the conv inputs); a plain copy made at the end of every run brings it back.
-SAVED = "conv_saved"
+# Bound widgets write the label they show into the URL, so the options are the labels.
+CHOICES: dict[str, tuple[str, ...]] = {"conv_mode": ("Convolution", "Pooling"),
+                                       "conv_pool": ("max", "avg")}
 DEMO_MAX = 16  # inputs up to 16×16 are drawn as they are; larger ones as a small stand-in
 
 
-def _encode(key: str, value) -> str:
-    return ("1" if value else "0") if key in BOOLS else str(value)
+def _bool(raw: str) -> bool:
+    if raw.lower() not in ("true", "false"):
+        raise ValueError(raw)
+    return raw.lower() == "true"
 
 
-def read_url() -> list[str]:
-    """Copy the conv_* URL parameters into the widgets' state; returns sentences for bad ones."""
-    params = st.query_params.to_dict()
-    problems = []
-    for key in KEYS:
-        default = INTS[key][0] if key in INTS else CHOICES[key][0] if key in CHOICES else \
-            BOOLS[key]
-        raw = params.get(key)
-        value = default
-        if raw is not None:
-            if key in INTS:
-                lo, hi = INTS[key][1:]
-                try:
-                    value = int(raw)
-                    if not lo <= value <= hi:
-                        raise ValueError
-                except ValueError:
-                    problems.append(f"{key}={md_escape(shown(raw, 40))} (a whole number from "
-                                    f"{lo} to {hi})")
-                    value = default
-            elif key in CHOICES:
-                if raw in CHOICES[key]:
-                    value = raw
-                else:
-                    problems.append(f"{key}={md_escape(shown(raw, 40))} (one of "
-                                    f"{', '.join(CHOICES[key])})")
-            else:
-                if raw in ("0", "1", "true", "false"):
-                    value = raw in ("1", "true")
-                else:
-                    problems.append(f"{key}={md_escape(shown(raw, 40))} (0 or 1)")
-        state[key] = value
-    return problems
-
-
-def write_url() -> None:
-    """Put every control into the URL (only this page's keys) so that a link reopens it."""
-    wanted = {key: _encode(key, state[key]) for key in KEYS}
-    if {k: st.query_params.get(k) for k in KEYS} != wanted:
-        for key, value in wanted.items():
-            st.query_params[key] = value
-    state[WRITTEN] = wanted
-    save_widgets(SAVED, KEYS)
-
-
-def _url_is_new() -> bool:
-    url = {k: st.query_params.get(k) for k in KEYS}
-    return any(v is not None for v in url.values()) and url != state.get(WRITTEN)
+READERS = ({k: whole(lo, hi) for k, (_, lo, hi) in INTS.items()}
+           | {k: one_of(v) for k, v in CHOICES.items()}
+           | {"conv_bias": _bool, "conv_pos": whole(0, 100_000)})
+HOW = {**{k: f"a whole number from {lo} to {hi}" for k, (_, lo, hi) in INTS.items()},
+       **{k: f"one of {', '.join(v)}" for k, v in CHOICES.items()},
+       "conv_bias": "true or false", "conv_pos": "a whole number"}
 
 
 def num(col, label: str, key: str, help: str | None = None) -> None:
-    _, lo, hi = INTS[key]
-    col.number_input(label, lo, hi, key=drawn(SAVED, key), step=1, help=help)
+    value, lo, hi = INTS[key]
+    col.number_input(label, lo, hi, value=value, step=1, help=help, **bound(key))
 
 
 def working(lines: list[str]) -> None:
@@ -119,11 +70,10 @@ def demo_size(size: int, span: int, pad: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-if _url_is_new() or not restore_widgets(SAVED):
-    bad = read_url()
-    if bad:
-        st.warning("The link's settings " + "; ".join(bad) + " could not be used; the defaults "
-                   "are shown instead.")
+if bad := refuse_unreadable_params(READERS):
+    st.warning("The link's settings " + "; ".join(
+        f"{key}={md_escape(raw)} ({HOW[key]})" for key, raw in bad.items())
+        + " could not be used; the defaults are shown instead.")
 
 st.title("Conv arithmetic")
 top = st.container()
@@ -131,14 +81,14 @@ top = st.container()
 left, right = st.container(key="editor_results").columns([1, 2.3], gap="medium")
 
 with left:
-    st.segmented_control("Layer", CHOICES["conv_mode"], key=drawn(SAVED, "conv_mode"),
-                         required=True, format_func={"conv": "Convolution", "pool": "Pooling"}.get)
+    mode = st.segmented_control("Layer", CHOICES["conv_mode"], default="Convolution",
+                                required=True, **bound("conv_mode"))
     st.markdown("**Input** C × H × W")
     a, b, c = st.columns(3)
     num(a, "Channels C", "conv_c")
     num(b, "Height H", "conv_h")
     num(c, "Width W", "conv_w")
-    if state["conv_mode"] == "conv":
+    if mode == "Convolution":
         num(st, "Filters (output channels)", "conv_out")
         a, b = st.columns(2)
         num(a, "Kernel height", "conv_kh")
@@ -149,16 +99,16 @@ with left:
         num(c, "Dilation", "conv_d", "spacing between kernel taps; the kernel spans d(K-1)+1")
         a, b = st.columns(2)
         num(a, "Groups", "conv_g", "must divide both C and the number of filters")
-        b.toggle("Bias", key=drawn(SAVED, "conv_bias"))
+        b.toggle("Bias", value=True, **bound("conv_bias"))
     else:
-        st.radio("Pooling", CHOICES["conv_pool"], key=drawn(SAVED, "conv_pool"), horizontal=True,
-                 format_func={"max": "max", "avg": "average"}.get)
+        st.radio("Pooling", CHOICES["conv_pool"], horizontal=True, help="max or average",
+                 **bound("conv_pool"))
         a, b, c = st.columns(3)
         num(a, "Window", "conv_pk")
         num(b, "Stride", "conv_ps")
         num(c, "Padding", "conv_pp")
 
-mode = state["conv_mode"]
+mode = "conv" if mode == "Convolution" else "pool"
 shape = (state["conv_c"], state["conv_h"], state["conv_w"])
 result, error = None, None
 try:
@@ -212,22 +162,25 @@ with right:
             if ho < 1 or wo < 1:
                 st.info("The window does not fit the padded input, so there is nothing to draw.")
             else:
-                state["conv_pos"] = min(state["conv_pos"], ho * wo - 1)
-                st.select_slider("Output pixel (row, column): slide it to move the window",
-                                 options=list(range(ho * wo)), key=drawn(SAVED, "conv_pos"),
-                                 format_func=lambda i: f"({i // wo}, {i % wo})")
+                if state.get("conv_pos", 0) > ho * wo - 1:  # the window left a smaller map
+                    state["conv_pos"] = ho * wo - 1
+                pos = st.select_slider("Output pixel (row, column): slide it to move the window",
+                                       options=list(range(ho * wo)), value=0,
+                                       format_func=lambda i: f"({i // wo}, {i % wo})",
+                                       **bound("conv_pos"))
                 if (h, w) != (state["conv_h"], state["conv_w"]):
                     st.caption(f"Drawn on a {h}×{w} input with the same kernel, stride and "
                                f"padding (yours is {state['conv_h']}×{state['conv_w']}, too many "
                                f"cells to read on a projector).")
                 st.plotly_chart(sliding_window_figure(h, w, k, (s, s), (p, p), (d, d),
-                                                      state["conv_pos"]), width="stretch")
+                                                      pos), width="stretch")
                 st.caption("Orange: the cells the kernel multiplies; blue: the rest of its span "
                            "(dilation); grey: zero padding.")
     if mode == "conv":
         with tabs[1]:
-            kh, kw, layers = state["conv_kh"], state["conv_kw"], state["conv_layers"]
-            st.slider("Stack L such layers", 1, 12, key=drawn(SAVED, "conv_layers"))
+            kh, kw = state["conv_kh"], state["conv_kw"]
+            layers = st.slider("Stack L such layers", 1, 12, value=INTS["conv_layers"][0],
+                               **bound("conv_layers"))
             rh, rw = stacked_receptive_field_hw((kh, kw), layers, state["conv_s"],
                                                 state["conv_d"])
             if state["conv_s"] == 1 and state["conv_d"] == 1:
@@ -266,5 +219,3 @@ with right:
                             f"filters")
             st.plotly_chart(groups_figure(cin, cout, (state["conv_kh"], state["conv_kw"]), g),
                             width="stretch")
-
-write_url()

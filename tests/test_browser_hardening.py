@@ -161,3 +161,36 @@ def test_the_onnx_file_is_exported_when_clicked_not_kept_in_the_session(chromium
     weights = [t for t in model.graph.initializer if len(t.dims) > 1]
     assert len(weights) == 5
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:] == [1, 28, 28]
+
+
+def test_the_conv_page_address_follows_its_widgets_and_reopens_them(browser, app_url):
+    """Conv arithmetic's widgets are bound to the URL by Streamlit: the browser writes an edit
+    into the address (defaults are left out), and that address reopens the same layer."""
+    import re
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    try:
+        tab.goto(f"{app_url}/conv")
+        tab.wait_for_selector(".working-box", timeout=90_000)
+        filters = tab.get_by_label("Filters (output channels)")
+        filters.fill("8")
+        filters.press("Enter")
+        tab.wait_for_url(re.compile(r"conv_out=8"), timeout=30_000)
+        tab.get_by_text("Pooling", exact=True).click()
+        tab.wait_for_url(re.compile(r"conv_mode=Pooling"), timeout=30_000)
+        tab.wait_for_selector("text=Window", timeout=30_000)
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(tab.url).query))
+        # Hidden in pooling mode, the filters leave the address; Streamlit keeps their value.
+        assert "conv_out" not in query and "conv_h" not in query, tab.url
+        tab.get_by_text("Convolution", exact=True).click()
+        tab.wait_for_url(re.compile(r"conv_out=8"), timeout=30_000)
+        again = context.new_page()
+        again.goto(tab.url)
+        again.wait_for_selector(".working-box", timeout=90_000)
+        # 8 filters 5×5 on 1×28×28 with bias: 8·25 + 8 = 208 parameters.
+        again.wait_for_function(
+            "() => document.body.innerText.includes('8·(1·5·5) + 8 (bias) = 208')",
+            timeout=60_000)
+    finally:
+        context.close()
