@@ -26,13 +26,10 @@ from pages.common import (
     SPEC_QUERY_KEYS,
     current_spec,
     dataset,
-    drawn,
     get_manager,
     is_teacher,
     job_fragment_interval,
     price_run,
-    restore_widgets,
-    save_widgets,
     teacher_box,
     use_app_navigation,
     visitor,
@@ -55,12 +52,10 @@ NUMBERS = {  # number widgets' ranges; a link's value outside them is refused wi
 }
 CHOICES = {"tr_optimizer": OPTIMIZERS, "tr_schedule": SCHEDULES, "tr_init": INITS,
            "tr_preset": tuple(PRESETS), "tr_data": tuple(DATASETS)}
-# Widget values saved every run: Streamlit drops a widget's state when a run does not draw it
-# (another page, or the preset box while the Build page's model is chosen).
-WIDGETS = (*SETTINGS, "tr_source", "tr_preset", "tr_data", "tr_dir", "tr_download",
-           "tr_overlay", "tr_head")
+# Streamlit keeps each widget's value while a run does not draw it (another page, or the preset
+# box while the Build page's model is chosen).
+KEEP = "session"
 URL_SOURCES = {"Build page": "build", "Preset": "preset"}  # tr_source in the URL
-SAVED = "tr_saved"
 
 
 def url_value(key: str, raw: str, default):
@@ -154,40 +149,41 @@ def start() -> None:
 def number(where, label: str, key: str, **kwargs) -> None:
     """A number input with its range from NUMBERS (``format="%g"`` shows 1e-06 and 5e-05 as
     they are, where ``%.4f`` would show 0.0000)."""
-    where.number_input(label, *NUMBERS[key], key=drawn(SAVED, key), **kwargs)
+    where.number_input(label, *NUMBERS[key], key=key, persist_state=KEEP, **kwargs)
 
 
 def settings_panel() -> None:
-    st.radio("Model", SOURCES, key=drawn(SAVED, "tr_source"), horizontal=True,
+    st.radio("Model", SOURCES, key="tr_source", persist_state=KEEP, horizontal=True,
              help="The network on the Build page, or any preset")
     if state["tr_source"] == "Preset":
-        st.selectbox("Preset", list(PRESETS), key=drawn(SAVED, "tr_preset"))
+        st.selectbox("Preset", list(PRESETS), key="tr_preset", persist_state=KEEP)
     name, spec = chosen_spec()
     st.caption(f"{name}: {spec.title} on {'×'.join(map(str, spec.input_shape))}, "
                f"{spec.num_classes} classes")
-    st.selectbox("Data", list(DATASETS), key=drawn(SAVED, "tr_data"),
+    st.selectbox("Data", list(DATASETS), key="tr_data", persist_state=KEEP,
                  format_func=lambda k: DATASETS[k].title, help=DATA_HELP)
     if state["tr_data"] != OFFLINE:
-        st.text_input("Data directory", key=drawn(SAVED, "tr_dir"),
+        st.text_input("Data directory", key="tr_dir", persist_state=KEEP,
                       help=f"Where torchvision's files lie; blank means {default_data_dir()} "
                            f"($EXPLORER_DATA_DIR, else ./data)")
-        st.checkbox("Download when missing (needs a network)", key=drawn(SAVED, "tr_download"))
+        st.checkbox("Download when missing (needs a network)", key="tr_download",
+                    persist_state=KEEP)
     c1, c2 = st.columns(2)
-    c1.selectbox("Optimizer", OPTIMIZERS, key=drawn(SAVED, "tr_optimizer"))
+    c1.selectbox("Optimizer", OPTIMIZERS, key="tr_optimizer", persist_state=KEEP)
     number(c2, "Learning rate", "tr_lr", format="%g", step=0.01)
     number(c1, "Batch size", "tr_batch")
     number(c2, "Epochs", "tr_epochs")
-    c1.selectbox("Schedule", SCHEDULES, key=drawn(SAVED, "tr_schedule"))
+    c1.selectbox("Schedule", SCHEDULES, key="tr_schedule", persist_state=KEEP)
     number(c2, "Seed", "tr_seed")
     with st.expander("More settings"):
         number(st, "SGD momentum", "tr_momentum", step=0.05)
         number(st, "Weight decay", "tr_wd", format="%g", step=1e-4)
         number(st, "Label smoothing", "tr_smooth", step=0.05)
-        st.selectbox("Weight init", INITS, key=drawn(SAVED, "tr_init"),
+        st.selectbox("Weight init", INITS, key="tr_init", persist_state=KEEP,
                      help="xavier: the lectures' Xavier-uniform init")
     classes = DATASETS[state["tr_data"]].num_classes
     if spec.num_classes != classes:
-        st.checkbox(head_option(classes).capitalize(), key=drawn(SAVED, "tr_head"),
+        st.checkbox(head_option(classes).capitalize(), key="tr_head", persist_state=KEEP,
                     help=f"{name} has {spec.num_classes} outputs; the data has {classes} "
                          f"classes. Ticked, the run trains the same network with a "
                          f"{classes}-way classifier.")
@@ -340,10 +336,10 @@ def history() -> None:
         "whose": "Whose", "status": "Status", "created_at": "Queued at", "error": "Message"})
     ids = [r["id"] for r in runs]
     labels = {r["id"]: f"#{r['id']} {r['name']} ({r['status']})" for r in runs}
-    # Kept across pages (WIDGETS); runs deleted since then leave the selection.
+    # Kept across pages (persist_state); runs deleted since then leave the selection.
     state["tr_overlay"] = [i for i in state.get("tr_overlay", []) if i in labels]
     chosen = st.multiselect("Overlay runs", ids, format_func=labels.get,
-                            key=drawn(SAVED, "tr_overlay"),
+                            key="tr_overlay", persist_state=KEEP,
                             max_selections=8)
     if chosen:
         frames = {labels[i]: store.metrics(i) for i in chosen}
@@ -386,8 +382,6 @@ def history() -> None:
 # ------------------------------------------------------------------------------------------------
 if "tr_loaded" not in state:
     first_load()
-else:
-    restore_widgets(SAVED)
 
 st.title("Train")
 teacher_box()
@@ -430,4 +424,3 @@ with right:
 
 st.subheader("Run history")
 history()
-save_widgets(SAVED, WIDGETS)
