@@ -17,10 +17,7 @@ from explorer.specs import spec_from_json
 from pages.common import (
     analysis_for,
     current_spec,
-    drawn,
     get_manager,
-    restore_widgets,
-    save_widgets,
     use_app_navigation,
     write_query,
 )
@@ -37,10 +34,7 @@ FLAGS = ("cmp_log", "cmp_details", "cmp_diff")  # toggles kept in the URL as 0/1
 VIEWS = {"totals": "Totals", "charts": "Charts", "layers": "Layer by layer",
          "runs": "Training runs"}
 WRITTEN = "cmp_url_written"  # the URL this page wrote last: a different one is a new link
-# Streamlit forgets a widget's value when a run does not draw it (another page or view); a
-# plain copy made at the end of every run brings it back.
-SAVED = "cmp_saved"
-KEPT = ("cmp_models", "cmp_pair", "cmp_view", *FLAGS)
+KEEP = "session"  # Streamlit keeps a widget's value while another page or view is shown
 # Row tints laid over the theme's background, so that the theme's text reads on them in the
 # light and in the dark theme (a fixed light colour under dark mode's light text did not);
 # identical rows keep the plain background.
@@ -168,7 +162,6 @@ def write_url() -> None:
     wanted = url_state()
     write_query(wanted, owned=lambda k: k.startswith(SPEC_PARAM))
     state[WRITTEN] = wanted
-    save_widgets(SAVED, KEPT)
 
 
 def url_is_new() -> bool:
@@ -218,7 +211,7 @@ def models_box() -> None:
     """The compared models, across the whole page: four long names fit on one line there, in
     the narrow left column the fourth was cut off."""
     options = list(PRESETS) + [n for n in custom() if n not in PRESETS]
-    st.multiselect("Models (2 to 4)", options, key=drawn(SAVED, "cmp_models"),
+    st.multiselect("Models (2 to 4)", options, key="cmp_models", persist_state=KEEP,
                    max_selections=MAX_MODELS,
                    help="Presets by name; models added on the left (the Build page's, a link, "
                         "a spec file) join this list.")
@@ -264,7 +257,7 @@ def totals_tab(analyses: dict) -> None:
 def charts_tab(analyses: dict) -> None:
     tables = {n: a.table for n, a in analyses.items()}
     st.toggle("Log scale (small stages stay visible next to a huge head)",
-              key=drawn(SAVED, "cmp_log"))
+              key="cmp_log", persist_state=KEEP)
     st.plotly_chart(cmp.params_per_stage_figure(tables, log=state["cmp_log"]), width="stretch")
     st.plotly_chart(cmp.param_location_figure(tables), width="stretch")
     points = all_points()
@@ -309,7 +302,7 @@ def layers_head(chosen: list[str]) -> pd.DataFrame | None:
     options = pair_options(chosen)
     if state.get("cmp_pair") not in options:
         state["cmp_pair"] = default_pair(chosen, options)
-    st.selectbox("Line up", options, key=drawn(SAVED, "cmp_pair"),
+    st.selectbox("Line up", options, key="cmp_pair", persist_state=KEEP,
                  format_func=lambda p: " ↔ ".join(p.split("|", 1)),
                  help="The course's networks against torchvision's, or two compared models")
     left, right = state["cmp_pair"].split("|", 1)
@@ -334,8 +327,8 @@ def layers_table(frame: pd.DataFrame) -> None:
     """Every aligned layer, coloured by status, with its reason (full page width)."""
     left, right = state["cmp_pair"].split("|", 1)
     # One under the other: side by side, a projector's narrow page cut their labels.
-    st.toggle("Only the rows that differ", key=drawn(SAVED, "cmp_diff"))
-    st.toggle("Output shapes and parameters", key=drawn(SAVED, "cmp_details"))
+    st.toggle("Only the rows that differ", key="cmp_diff", persist_state=KEEP)
+    st.toggle("Output shapes and parameters", key="cmp_details", persist_state=KEEP)
     rows = frame[frame["status"] != "same"] if state["cmp_diff"] else frame
     view = pd.DataFrame({
         "layer": [row_name(ln, rn) for ln, rn in zip(rows["left_name"], rows["right_name"],
@@ -383,7 +376,7 @@ def row_name(left: str, right: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-if url_is_new() or not restore_widgets(SAVED):
+if url_is_new() or "cmp_models" not in state:  # a new link, or the session's first visit
     read_url()
 
 st.title("Compare networks")
@@ -402,7 +395,7 @@ chosen = list(state.get("cmp_models", []))
 analyses = {}
 frame = None
 with right_col:
-    st.segmented_control("View", list(VIEWS), key=drawn(SAVED, "cmp_view"), required=True,
+    st.segmented_control("View", list(VIEWS), key="cmp_view", persist_state=KEEP, required=True,
                          format_func=VIEWS.get, label_visibility="collapsed")
     for name in chosen:
         try:
