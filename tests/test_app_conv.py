@@ -48,8 +48,12 @@ def test_opens_on_lenets_first_conv(at):
     assert metric(at, "Multiply-adds (torchinfo)").help.startswith("122,304")
     body = text(at)
     assert "6·(1·5·5) + 6 (bias) = 156" in body  # the formula with the numbers filled in
-    # Two stacked 5×5 convs see 1 + 2·(5−1) = 9 pixels.
-    assert "= **9×9** pixels" in body
+    # Lazy tabs: only the open one (the sliding window) ran.
+    assert "pixels" not in body and len(at.get("plotly_chart")) == 1
+    # A link can open another tab: two stacked 5×5 convs see 1 + 2·(5−1) = 9 pixels.
+    stacked = fresh({"conv_tab": "Stacking layers"})
+    assert "= **9×9** pixels" in text(stacked)
+    assert not stacked.get("plotly_chart")  # the sliding window's figure is not drawn
 
 
 def test_url_round_trip():
@@ -139,16 +143,22 @@ def test_the_settings_survive_a_visit_to_another_page():
 
 
 def test_sliding_window_and_groups():
-    at = fresh({"conv_c": "4", "conv_h": "5", "conv_w": "5", "conv_out": "8", "conv_kh": "3",
-                "conv_kw": "3", "conv_s": "2", "conv_p": "1", "conv_g": "4"})
+    query = {"conv_c": "4", "conv_h": "5", "conv_w": "5", "conv_out": "8", "conv_kh": "3",
+             "conv_kw": "3", "conv_s": "2", "conv_p": "1", "conv_g": "4"}
+    at = fresh(query)
     assert not at.exception and not at.error
     # floor((5 + 2 - 3) / 2) + 1 = 3 → 3×3 outputs; position 4 is output (1, 1).
     slider = at.select_slider(key="conv_pos")
     slider.set_value(4).run()
     window = figures(at)[0]
     assert "output pixel (1, 1) reads rows 2–4, columns 2–4" in window["layout"]["title"]["text"]
+    # The slider writes its label into the URL; such a link opens on the same window.
+    linked = fresh(query | {"conv_pos": "(1, 1)"})
+    assert "reads rows 2–4, columns 2–4" in figures(linked)[0]["layout"]["title"]["text"]
     # Grouped conv: C_in·C_out/g = 4·8/4 = 8 weights per kernel position.
-    assert "4·8/4 = **8** weights per kernel position" in text(at)
+    groups = fresh(query | {"conv_tab": "Groups"})
+    assert not groups.exception
+    assert "4·8/4 = **8** weights per kernel position" in text(groups)
 
 
 def test_pooling_and_back_keeps_the_conv_settings():
@@ -166,7 +176,8 @@ def test_pooling_and_back_keeps_the_conv_settings():
 
 
 def test_stacking_uses_both_kernel_sides():
-    at = fresh({"conv_kh": "3", "conv_kw": "7", "conv_h": "10", "conv_w": "30"})
+    at = fresh({"conv_kh": "3", "conv_kw": "7", "conv_h": "10", "conv_w": "30",
+                "conv_tab": "Stacking layers"})
     assert not at.exception and not at.error
     body = text(at)
     # 1 + L(K−1) per side with L = 2: height 1 + 2·(3−1) = 5, width 1 + 2·(7−1) = 13.
