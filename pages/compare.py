@@ -16,8 +16,11 @@ from explorer.registry import COURSE_PAIRS, PRESETS
 from explorer.specs import spec_from_json
 from pages.common import (
     analysis_for,
+    bound,
     current_spec,
     get_manager,
+    one_of,
+    refuse_unreadable_params,
     use_app_navigation,
     write_query,
 )
@@ -30,9 +33,12 @@ MAX_MODELS = 4
 MAX_RUNS_PER_MODEL = 4
 DEFAULT_MODELS = ["course_resnet18", "resnet18"]
 SPEC_PARAM = "cmp_spec_"  # + label: the JSON of a model that is not a preset
-FLAGS = ("cmp_log", "cmp_details", "cmp_diff")  # toggles kept in the URL as 0/1
-VIEWS = {"totals": "Totals", "charts": "Charts", "layers": "Layer by layer",
-         "runs": "Training runs"}
+# Bound to their URL parameters by Streamlit (a bound widget writes the label it shows, so the
+# view's options are its labels); the models, their specs and the pair are written by the page.
+FLAGS = ("cmp_log", "cmp_details", "cmp_diff")  # toggles: true/false in the URL
+VIEWS = ("Totals", "Charts", "Layer by layer", "Training runs")
+ALLOWED = {"cmp_view": VIEWS} | {k: ("true", "false") for k in FLAGS}  # their URL values
+BOUND = tuple(ALLOWED)
 WRITTEN = "cmp_url_written"  # the URL this page wrote last: a different one is a new link
 KEEP = "session"  # Streamlit keeps a widget's value while another page or view is shown
 # Row tints laid over the theme's background, so that the theme's text reads on them in the
@@ -110,10 +116,8 @@ def url_state() -> dict[str, str]:
     chosen = state.get("cmp_models", [])
     wanted = {"cmp_models": ",".join(chosen)}
     wanted |= {SPEC_PARAM + n: custom()[n] for n in chosen if n not in PRESETS}
-    wanted["cmp_view"] = state.get("cmp_view") or "totals"
     if state.get("cmp_pair"):
         wanted["cmp_pair"] = state["cmp_pair"]
-    wanted |= {k: "1" if state.get(k) else "0" for k in FLAGS}
     return wanted
 
 
@@ -146,13 +150,6 @@ def read_url() -> None:
     state["cmp_models"] = list(dict.fromkeys(chosen))[:MAX_MODELS]
     if "cmp_pair" in params:
         state["cmp_pair"] = params["cmp_pair"]
-    view = params.get("cmp_view", "totals")
-    if view not in VIEWS:
-        problems.append(f"cmp_view={shown(view, 40)} is not one of {', '.join(VIEWS)}")
-        view = "totals"
-    state["cmp_view"] = view
-    for k in FLAGS:
-        state[k] = params.get(k, "0") in ("1", "true")
     if problems:  # one sentence: each reason loses its own full stop before the "; "
         state["cmp_problem"] = ("The link could not be used entirely: "
                                 + "; ".join(p.rstrip(". ") for p in problems) + ".")
@@ -166,7 +163,7 @@ def write_url() -> None:
 
 def url_is_new() -> bool:
     params = st.query_params.to_dict()
-    mine = {k: v for k, v in params.items() if k.startswith("cmp_")}
+    mine = {k: v for k, v in params.items() if k.startswith("cmp_") and k not in BOUND}
     return bool(mine.get("cmp_models")) and mine != state.get(WRITTEN)
 
 
@@ -256,9 +253,9 @@ def totals_tab(analyses: dict) -> None:
 
 def charts_tab(analyses: dict) -> None:
     tables = {n: a.table for n, a in analyses.items()}
-    st.toggle("Log scale (small stages stay visible next to a huge head)",
-              key="cmp_log", persist_state=KEEP)
-    st.plotly_chart(cmp.params_per_stage_figure(tables, log=state["cmp_log"]), width="stretch")
+    log = st.toggle("Log scale (small stages stay visible next to a huge head)",
+                    **bound("cmp_log"))
+    st.plotly_chart(cmp.params_per_stage_figure(tables, log=log), width="stretch")
     st.plotly_chart(cmp.param_location_figure(tables), width="stretch")
     points = all_points()
     extra = pd.DataFrame([point_of(n, custom()[n]) for n in analyses if n not in PRESETS],
@@ -327,14 +324,14 @@ def layers_table(frame: pd.DataFrame) -> None:
     """Every aligned layer, coloured by status, with its reason (full page width)."""
     left, right = state["cmp_pair"].split("|", 1)
     # One under the other: side by side, a projector's narrow page cut their labels.
-    st.toggle("Only the rows that differ", key="cmp_diff", persist_state=KEEP)
-    st.toggle("Output shapes and parameters", key="cmp_details", persist_state=KEEP)
-    rows = frame[frame["status"] != "same"] if state["cmp_diff"] else frame
+    only_diff = st.toggle("Only the rows that differ", **bound("cmp_diff"))
+    details = st.toggle("Output shapes and parameters", **bound("cmp_details"))
+    rows = frame[frame["status"] != "same"] if only_diff else frame
     view = pd.DataFrame({
         "layer": [row_name(ln, rn) for ln, rn in zip(rows["left_name"], rows["right_name"],
                                                       strict=True)],
         left: rows["left_layer"], right: rows["right_layer"]})
-    if state["cmp_details"]:
+    if details:
         view[f"{left} output"] = rows["left_output"].to_numpy()
         view[f"{left} params"] = rows["left_params"].to_numpy()
         view[f"{right} output"] = rows["right_output"].to_numpy()
@@ -344,7 +341,7 @@ def layers_table(frame: pd.DataFrame) -> None:
     picked = st.container()
     event = st.dataframe(style_rows(view, rows["status"].reset_index(drop=True)),
                          hide_index=True, width="stretch", height=460,
-                         key=f"cmp_rows_{state['cmp_pair']}_{state['cmp_diff']}",
+                         key=f"cmp_rows_{state['cmp_pair']}_{only_diff}",
                          on_select="rerun", selection_mode="single-row",
                          # Widths that fit a projector's 683-pixel page with every column
                          # (the table stretches them on a wider screen); a reason longer than
@@ -376,8 +373,13 @@ def row_name(left: str, right: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+bad = refuse_unreadable_params({k: one_of(v) for k, v in ALLOWED.items()})
 if url_is_new() or "cmp_models" not in state:  # a new link, or the session's first visit
     read_url()
+if bad:  # shown with the link's other problems, in one sentence
+    refused = "; ".join(f"{k}={v} is not one of {', '.join(ALLOWED[k])}" for k, v in bad.items())
+    state["cmp_problem"] = (state["cmp_problem"].rstrip(".") + "; " if "cmp_problem" in state
+                            else "The link could not be used entirely: ") + refused + "."
 
 st.title("Compare networks")
 models_box()
@@ -395,8 +397,8 @@ chosen = list(state.get("cmp_models", []))
 analyses = {}
 frame = None
 with right_col:
-    st.segmented_control("View", list(VIEWS), key="cmp_view", persist_state=KEEP, required=True,
-                         format_func=VIEWS.get, label_visibility="collapsed")
+    view = st.segmented_control("View", VIEWS, default=VIEWS[0], required=True,
+                                label_visibility="collapsed", **bound("cmp_view"))
     for name in chosen:
         try:
             analyses[name] = analysis_for(spec_of(name).to_json(None))
@@ -407,14 +409,13 @@ with right_col:
     if len(chosen) < 2:
         st.info("Pick at least two models to compare (at most four): presets in the Models box "
                 "above; the model from the Build page, a link or a spec file on the left.")
-    view = state["cmp_view"]
-    if view == "totals" and analyses:
+    if view == "Totals" and analyses:
         totals_tab(analyses)
-    elif view == "charts" and analyses:
+    elif view == "Charts" and analyses:
         charts_tab(analyses)
-    elif view == "layers":
+    elif view == "Layer by layer":
         frame = layers_head(chosen)
-    elif view == "runs":
+    elif view == "Training runs":
         runs_tab(chosen)
 
 if frame is not None:

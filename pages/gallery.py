@@ -43,7 +43,7 @@ def open_on_compare(name: str) -> None:
     other = COURSE_PAIRS[name]
     st.switch_page(COMPARE_PAGE, query_params={"cmp_models": f"{name},{other}",
                                                "cmp_pair": f"{name}|{other}",
-                                               "cmp_view": "layers"})
+                                               "cmp_view": "Layer by layer"})
 
 
 st.title("Lecture gallery")

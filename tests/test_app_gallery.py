@@ -76,7 +76,7 @@ def test_compare_with_torchvision_opens_the_pair():
     assert at.title[0].value == "Compare networks"
     assert at.multiselect(key="cmp_models").value == ["course_alexnet", "alexnet"]
     assert at.selectbox(key="cmp_pair").value == "course_alexnet|alexnet"
-    assert at.segmented_control(key="cmp_view").value == "layers"
+    assert at.segmented_control(key="cmp_view").value == "Layer by layer"
     # Opening another pair later in the same session replaces the comparison.
     at.switch_page(GALLERY).run()
     at.button(key="gal_cmp_course_resnet18").click().run()
@@ -87,7 +87,7 @@ def test_compare_with_torchvision_opens_the_pair():
 def test_leaving_compare_and_coming_back_keeps_the_comparison():
     at = AppTest.from_string(NAV, default_timeout=180)
     at.query_params["cmp_models"] = "course_lenet,course_lenet5"
-    at.query_params["cmp_view"] = "layers"
+    at.query_params["cmp_view"] = "Layer by layer"
     at.run().switch_page(COMPARE).run()
     assert at.multiselect(key="cmp_models").value == ["course_lenet", "course_lenet5"]
     at.toggle(key="cmp_diff").set_value(True).run()
@@ -97,6 +97,6 @@ def test_leaving_compare_and_coming_back_keeps_the_comparison():
     at.switch_page(COMPARE).run()
     assert not at.exception
     assert at.multiselect(key="cmp_models").value == ["course_lenet", "course_lenet5"]
-    assert at.segmented_control(key="cmp_view").value == "layers"
+    assert at.segmented_control(key="cmp_view").value == "Layer by layer"
     assert at.toggle(key="cmp_diff").value is True
     assert qp(at, "cmp_models") == "course_lenet,course_lenet5"

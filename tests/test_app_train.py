@@ -119,7 +119,7 @@ def test_runs_import_from_a_file_and_bad_files_store_nothing():
     # The Compare page overlays the stored runs of the compared models.
     cmp = AppTest.from_file(APP, default_timeout=120)
     cmp.query_params["cmp_models"] = "course_lenet5,course_lenet"
-    cmp.query_params["cmp_view"] = "runs"
+    cmp.query_params["cmp_view"] = "Training runs"
     cmp.switch_page("pages/compare.py").run()
     assert not cmp.exception
     assert len(cmp.get("plotly_chart")) == 2

@@ -28,7 +28,7 @@ def test_compare_two_lenets_then_line_up_vgg11(app_url, page, screenshot):
     # The layer-by-layer view, then the course VGG-11 against torchvision's.
     page.get_by_role("radio", name="Layer by layer").click()
     page.wait_for_selector("text=why they differ", timeout=60_000)
-    page.wait_for_url(re.compile(r"cmp_view=layers"), timeout=30_000)
+    page.wait_for_url(re.compile(r"cmp_view=Layer(\+|%20)by(\+|%20)layer"), timeout=30_000)
     page.get_by_role("combobox", name="Line up").click()
     page.get_by_role("option", name="course_vgg11 ↔ vgg11", exact=True).click()
     page.wait_for_selector("text=adds an adaptive pool to 7×7", timeout=60_000)

@@ -225,8 +225,8 @@ def _text_contrast(png: bytes) -> float:
 def test_compare_layer_rows_read_on_a_projector_in_both_themes(app_url, projector, screenshot):
     """Compare's layer-by-layer table at 683×512: every column shown, and the text of its
     tinted rows (differs, same layer on another size, and identical) readable in either theme."""
-    _open(projector, app_url + "/compare?cmp_models=course_resnet18,resnet18&cmp_view=layers",
-          "text=Click a row to read its reason in full.")
+    _open(projector, app_url + "/compare?cmp_models=course_resnet18,resnet18"
+          "&cmp_view=Layer+by+layer", "text=Click a row to read its reason in full.")
     frame = projector.get_by_test_id("stDataFrame").last
     frame.scroll_into_view_if_needed()
     projector.wait_for_timeout(800)
