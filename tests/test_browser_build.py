@@ -19,7 +19,7 @@ def test_pick_a_preset_edit_a_row_and_see_the_new_count(app_url, page, screensho
     assert metric_value(page, "Parameters") == "11.18 M"  # course ResNet-18 opens first
 
     # Pick the classic LeNet from the preset box.
-    page.get_by_label("Preset").click()
+    page.get_by_role("combobox", name="Preset").click()
     page.get_by_role("option", name="course_lenet", exact=True).click()
     page.wait_for_function(
         "() => [...document.querySelectorAll('[data-testid=stMetricValue]')]"
