@@ -358,6 +358,10 @@ def one_of(options: Iterable[str]) -> Callable[[str], str]:
     return read
 
 
+# ---- Hand-kept widget state: used only by pages/bn_lab.py, which is being moved to Streamlit's
+# persist_state and bind="query-params" (see ``bound``); delete these three after that merge. ----
+
+
 def restore_widgets(saved_key: str) -> bool:
     """Put back the widget values saved under ``saved_key`` that Streamlit dropped.
 
