@@ -161,7 +161,7 @@ def batch_noise(curves: Mapping[str, Sequence[Mapping[str, float]]]) -> go.Figur
     """Spread of the batch mean (left, log-log) and variance (right) against batch size.
 
     ``curves``: label → rows with batch_size, mean_std and var_std, in units of the
-    population's standard deviation and variance (``bn_lab.relative_noise``), so layers of
+    population's standard deviation and variance (``bn.batch_stat_noise``), so layers of
     different scales compare. The dotted line is 1/√(batch size) through the first curve's
     first point: the spread of an average of independent values.
     """
