@@ -337,3 +337,15 @@ def test_a_fresh_visit_shows_the_newest_experiment_without_pressing_anything():
     # 0.25 < 0.7 × 2.30: BN clearly won, shown as a success (the verdict's outcome, not text).
     assert len(at.success) == 1 and not at.warning
     assert "2.30" in at.success[0].value
+
+
+def test_every_outcome_of_the_experiment_has_its_alert_and_no_page_reads_the_wording():
+    from explorer.bn.experiment import Outcome
+    from pages.bn_views.experiment import ALERT
+
+    assert set(ALERT) == set(Outcome)
+    # The verdict's sentence is shown, never parsed: no page compares its text.
+    pages = Path(PAGE).parent
+    for source in [*pages.glob("*.py"), *pages.glob("bn_views/*.py")]:
+        text = source.read_text(encoding="utf-8")
+        assert "text.startswith" not in text and "It happened" not in text, source
