@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import bn, bn_charts, bn_lab
-from pages.bn_views.shared import demo
+from pages.bn_views.shared import demo, settings_and_results
 
 
 @st.cache_data(show_spinner="Drawing 200 batches of each size…")
@@ -26,7 +26,7 @@ def noise_results():
 
 def show() -> None:
     res = noise_results()
-    left, right = st.columns([1, 2.3], gap="medium")
+    left, right = settings_and_results()
     with left:
         st.markdown("BN's mean and variance come from one batch, so they are noisy. The inputs "
                     "are what two BN layers of the trained BN-LeNet receive for the 1,000 "
@@ -47,13 +47,13 @@ def show() -> None:
         st.plotly_chart(bn_charts.batch_noise(curves), width="stretch")
         fc1, cv1 = res["one_fc"], res["one_conv"]
         rows = [
-            {"layer": "after a linear layer (N×D)", "values per channel": fc1["values_per_channel"],
+            {"layer": "linear (N×D)", "values per channel": fc1["values_per_channel"],
              "channels with variance 0": f"{(fc1['batch_var'] == 0).mean():.0%}",
-             "output": "β exactly" if fc1["output_equals_beta"] else "depends on the input",
+             "output": "β exactly" if fc1["output_equals_beta"] else "follows the input",
              "nn.BatchNorm": "refuses" if fc1["torch_error"] else "runs"},
-            {"layer": "after a conv (N×C×H×W)", "values per channel": cv1["values_per_channel"],
+            {"layer": "conv (N×C×H×W)", "values per channel": cv1["values_per_channel"],
              "channels with variance 0": f"{(cv1['batch_var'] == 0).mean():.0%}",
-             "output": "β exactly" if cv1["output_equals_beta"] else "depends on the input",
+             "output": "β exactly" if cv1["output_equals_beta"] else "follows the input",
              "nn.BatchNorm": "refuses" if cv1["torch_error"] else "runs"},
         ]
         st.markdown("**Batch size 1** in training mode:")

@@ -10,7 +10,14 @@ from explorer.bn.experiment import Outcome
 from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
 from explorer.forms import md_escape
-from pages.bn_views.shared import KEEP, chosen_dataset, data_ref, show_run, state
+from pages.bn_views.shared import (
+    KEEP,
+    chosen_dataset,
+    data_ref,
+    settings_and_results,
+    show_run,
+    state,
+)
 from pages.common import get_manager, is_teacher, job_fragment_interval, visitor
 
 EXPECT = (
@@ -102,7 +109,7 @@ def settings() -> None:
 
 
 def show() -> None:
-    left, right = st.columns([1, 2.3], gap="medium")
+    left, right = settings_and_results()
     with left:
         settings()
     if state.get("bn_exp") is None and not state.get("bn_exp_refused"):

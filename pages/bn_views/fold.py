@@ -8,7 +8,7 @@ import torch
 
 from explorer import bn_lab
 from explorer.registry import get_preset
-from pages.bn_views.shared import KEEP, LINK, state
+from pages.bn_views.shared import KEEP, LINK, settings_and_results, state
 
 FOLD_CHOICES = ("course_resnet18", "course_bn_lenet", "course_resnext", "course_densenet",
                 "course_resnet_3x4_28", "resnet18", "resnet50", "densenet121", "googlenet")
@@ -27,7 +27,7 @@ def timed(preset: str):
 
 
 def show() -> None:
-    left, right = st.columns([1, 2.3], gap="medium")
+    left, right = settings_and_results()
     with left:
         st.selectbox("Model", FOLD_CHOICES, key="bn_fold_model", persist_state=KEEP, bind=LINK)
         st.markdown("At test time BN is a fixed affine map per channel, y = s·x + t with "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer import bn, bn_charts, bn_lab
-from pages.bn_views.shared import KEEP, LINK, demo, state
+from pages.bn_views.shared import KEEP, LINK, demo, settings_and_results, state
 
 
 @st.cache_data(max_entries=64, show_spinner="Running the model in both modes…")
@@ -19,7 +19,7 @@ def modes_result(batch_size: int, example: int):
 
 
 def show() -> None:
-    left, right = st.columns([1, 2.3], gap="medium")
+    left, right = settings_and_results()
     with left:
         st.markdown("A BN-LeNet trained for 45 steps (lr 1.0) on the offline digits, fed the "
                     "same test batch in **eval mode** (running averages, `model.eval()`) and in "

@@ -8,7 +8,7 @@ import torch
 
 from explorer import bn, bn_charts, bn_lab
 from explorer.errors import ConfigError
-from pages.bn_views.shared import KEEP, LINK, state
+from pages.bn_views.shared import KEEP, LINK, settings_and_results, state
 
 
 def means_frame(kind: str, mean: torch.Tensor) -> pd.DataFrame:
@@ -23,7 +23,7 @@ def means_frame(kind: str, mean: torch.Tensor) -> pd.DataFrame:
 
 
 def show() -> None:
-    left, right = st.columns([1, 2.3], gap="medium")
+    left, right = settings_and_results()
     with left:
         c1, c2 = st.columns(2)
         c1.number_input("N (examples)", 1, 8, 3, key="bn_nm_n", persist_state=KEEP, bind=LINK)

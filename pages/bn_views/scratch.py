@@ -7,7 +7,7 @@ import streamlit as st
 import torch
 
 from explorer import bn, bn_lab
-from pages.bn_views.shared import KEEP, LINK, state
+from pages.bn_views.shared import KEEP, LINK, settings_and_results, state
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -20,7 +20,7 @@ def scratch_tables(layout: str, n: int, steps: int, scale: float, seed: int):
 
 
 def show() -> None:
-    left, right = st.columns([1, 2.3], gap="medium")
+    left, right = settings_and_results()
     with left:
         st.markdown("The layer written from scratch as the lecture derives it "
                     "(`explorer.bn.batch_norm`), in four conventions, against PyTorch's "

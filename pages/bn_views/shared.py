@@ -100,6 +100,13 @@ def apply_goto() -> None:
         state.pop("bn_layer", None)
 
 
+def settings_and_results():
+    """(left, right) columns: a view's settings beside its results, the results under them at
+    full width on a narrow screen or in presentation mode (assets/style.css, present.css key on
+    the container's name)."""
+    return st.container(key="editor_results").columns([1, 2.3], gap="medium")
+
+
 def data_ref(prefix: str = "bn") -> DataRef:
     return DataRef(state.get(f"{prefix}_data", OFFLINE),
                    state.get(f"{prefix}_dir", str(default_data_dir())), False)

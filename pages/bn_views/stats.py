@@ -13,7 +13,14 @@ from explorer.forms import md_escape
 from explorer.models import validate
 from explorer.registry import get_preset
 from explorer.training import TrainConfig
-from pages.bn_views.shared import KEEP, chosen_dataset, data_ref, state, write_link
+from pages.bn_views.shared import (
+    KEEP,
+    chosen_dataset,
+    data_ref,
+    settings_and_results,
+    state,
+    write_link,
+)
 from pages.common import (
     current_spec,
     fmt_bytes,
@@ -172,7 +179,7 @@ def stats_panel(run_id: int) -> None:
             shape = " · " + ("N×C×H×W" if len(hists.get(-1)[name]["shape"]) > 2 else "N×D")
         return f"{name} ({layers[name]} channels{shape})"
 
-    c1, c2 = st.columns([1, 1.4])
+    c1, c2 = st.columns([1.3, 1])  # the layer's label is long; the channels fit as chips
     layer = c1.selectbox("BN layer", list(layers), key="bn_layer", persist_state=KEEP,
                          format_func=layer_label)
     write_link()  # a layer chosen inside the live panel, whose reruns skip the page's end
@@ -236,7 +243,7 @@ def histogram_section(layer: str, hists) -> None:
 
 
 def show() -> None:
-    left, right = st.columns([1, 2.3], gap="medium")
+    left, right = settings_and_results()
     with left:
         record_panel()
         if "bn_error" in state:
