@@ -100,11 +100,11 @@ def apply_goto() -> None:
         state.pop("bn_layer", None)
 
 
-def settings_and_results():
+def settings_and_results(widths: tuple[float, float] = (1, 2.3)):
     """(left, right) columns: a view's settings beside its results, the results under them at
     full width on a narrow screen or in presentation mode (assets/style.css, present.css key on
     the container's name)."""
-    return st.container(key="editor_results").columns([1, 2.3], gap="medium")
+    return st.container(key="editor_results").columns(list(widths), gap="medium")
 
 
 def data_ref(prefix: str = "bn") -> DataRef:

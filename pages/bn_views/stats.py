@@ -243,31 +243,34 @@ def histogram_section(layer: str, hists) -> None:
 
 
 def show() -> None:
-    left, right = settings_and_results()
+    # The recorder and the run side by side, the figures under them at the page's full width
+    # (five figures with two panels each: beside the settings they were cut).
+    left, right = settings_and_results((1, 1))
     with left:
         record_panel()
         if "bn_error" in state:
             st.error(state.pop("bn_error"))
+    with right:
         run_id = run_picker()
         st.caption("The statistics are the input of each BN layer (batch mean and variance "
                    "per channel), its running averages, and γ, β: d2l §8.5.")
-    with right:
-        if run_id is None:
-            st.info("No run has recorded BN statistics yet. Choose a model on the left and "
-                    "press **Start recording**, or run the one-click experiment (LeNet ± BN).")
+    if run_id is None:
+        st.info("No run has recorded BN statistics yet. Choose a model under **Record a new "
+                "run** and press **Start recording**, or run the one-click experiment "
+                "(LeNet ± BN).")
+        return
+    # Every 2 s: five figures per redraw, and the server's CPU also trains the run.
+    interval = 2.0 if job_fragment_interval(run_id) else None
+    if interval:
+        state["bn_live_was_running"] = run_id
+
+    @st.fragment(run_every=interval)
+    def live() -> None:
+        stats_panel(run_id)
+        if interval is None or state.get("bn_live_was_running") != run_id:
             return
-        # Every 2 s: five figures per redraw, and the server's CPU also trains the run.
-        interval = 2.0 if job_fragment_interval(run_id) else None
-        if interval:
-            state["bn_live_was_running"] = run_id
+        if job_fragment_interval(run_id) is None:
+            state.pop("bn_live_was_running")
+            st.rerun()  # the run ended: rerun the page so that the fragment stops polling
 
-        @st.fragment(run_every=interval)
-        def live() -> None:
-            stats_panel(run_id)
-            if interval is None or state.get("bn_live_was_running") != run_id:
-                return
-            if job_fragment_interval(run_id) is None:
-                state.pop("bn_live_was_running")
-                st.rerun()  # the run ended: rerun the page so that the fragment stops polling
-
-        live()
+    live()
