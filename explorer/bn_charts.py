@@ -154,14 +154,17 @@ def train_vs_eval_scores(result: Mapping[str, Any], example: int,
     fig.update_yaxes(title_text="score (logit)")
     fig.update_layout(barmode="group")
     truth = f" (true class {label})" if label is not None else ""
-    return _layout(fig, f"Example {example}{truth}: the same image, two modes", 360)
+    fig = _layout(fig, f"Example {example}{truth}: the same image, two modes", 390)
+    # The legend under the axis: above the plot its two long names ran over the title.
+    return fig.update_layout(legend={"yanchor": "top", "y": -0.25, "x": 0, "xanchor": "left"},
+                             margin={"b": 100})
 
 
 def batch_noise(curves: Mapping[str, Sequence[Mapping[str, float]]]) -> go.Figure:
     """Spread of the batch mean (left, log-log) and variance (right) against batch size.
 
     ``curves``: label → rows with batch_size, mean_std and var_std, in units of the
-    population's standard deviation and variance (``bn_lab.relative_noise``), so layers of
+    population's standard deviation and variance (``bn.batch_stat_noise``), so layers of
     different scales compare. The dotted line is 1/√(batch size) through the first curve's
     first point: the spread of an average of independent values.
     """

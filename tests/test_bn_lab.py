@@ -442,3 +442,28 @@ def test_a_linked_experiment_must_name_the_experiments_two_runs(tmp_path):
             bn_lab.linked_experiment(store, ids["bn"], ids["bn"])
         with pytest.raises(ConfigError, match="names run 999, which is not on this server"):
             bn_lab.linked_experiment(store, ids["bn"], 999)
+
+
+def test_the_newest_experiment_in_the_store_is_found_by_its_two_runs(tmp_path):
+    bn = get_preset("course_bn_lenet").spec.to_dict()
+    plain = {**bn, "batch_norm": False}  # d2l §8.5's LeNet without its BN layers
+    five, seven = {"epochs": 5, "seed": 0}, {"epochs": 7, "seed": 0}
+    bn_name = f"{bn_lab.RECORDED_PREFIX}LeNet with BN, lr 1.0 · offline-mnist"
+    plain_name = "LeNet without BN, lr 1.0 · offline-mnist"
+    with RunStore(tmp_path / "runs.sqlite") as store:
+        assert bn_lab.latest_experiment(store) is None  # an empty store
+        first = [store.create_run(bn_name, bn, five), store.create_run(plain_name, plain, five)]
+        # Queued since: a BN run of another length, then a plain run of 5 epochs: the pair is
+        # the plain run and the newest BN run with the same setting before it, the first one.
+        store.create_run(bn_name, bn, seven)
+        later_plain = store.create_run(plain_name, plain, five)
+        assert bn_lab.latest_experiment(store) == bn_lab.Experiment(first[0], later_plain)
+        # A run of the right network under another name (the Train page's) is not the pair's.
+        store.create_run("my lenet", plain, seven)
+        assert bn_lab.latest_experiment(store) == bn_lab.Experiment(first[0], later_plain)
+        # A plain run with no BN run before it that matches leaves the older pair standing.
+        store.create_run(plain_name, plain, {"epochs": 9, "seed": 0})
+        assert bn_lab.latest_experiment(store) == bn_lab.Experiment(first[0], later_plain)
+        # A whole new pair of 7 epochs wins.
+        pair = [store.create_run(bn_name, bn, seven), store.create_run(plain_name, plain, seven)]
+        assert bn_lab.latest_experiment(store) == bn_lab.Experiment(*pair)

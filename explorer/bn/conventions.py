@@ -207,6 +207,7 @@ class ScratchBatchNorm(nn.Module):
 
 _TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _BN_TYPES = (*_TORCH_BN, ScratchBatchNorm)
+BN_TYPES = _BN_TYPES  # every layer the package counts as batch norm
 
 
 def _is_bn(m: nn.Module) -> bool:
@@ -311,3 +312,25 @@ def compare_with_torch(
 def _unwrap(model: nn.Module) -> nn.Module:
     # torch.compile wraps the model; hooks and names belong to the original.
     return getattr(model, "_orig_mod", model)
+
+
+def one_step_running_var(x: Tensor, momentum: float = 0.1) -> dict[str, float]:
+    """Channel 0's running variance after one training step from 1, in PyTorch and the book.
+
+    PyTorch normalises with the biased variance (÷n) but puts the unbiased one (÷(n-1)) into
+    running_var; d2l's scratch version uses the biased one in both places.
+    """
+    if x.dim() not in (2, 4):
+        raise ConfigError(f"x must be N×D or N×C×H×W, got shape {tuple(x.shape)}.")
+    ref = (nn.BatchNorm1d if x.dim() == 2 else nn.BatchNorm2d)(x.shape[1], momentum=momentum)
+    book = ScratchBatchNorm(x.shape[1], num_dims=x.dim(), momentum=momentum, convention="d2l")
+    with torch.no_grad():
+        ref.train()(x)
+        book.train()(x)
+    c0 = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)[0]
+    return {
+        "n": int(c0.numel()),
+        "biased_var": float(c0.var(correction=0)), "unbiased_var": float(c0.var(correction=1)),
+        "torch_running_var": float(ref.running_var[0]),
+        "book_running_var": float(book.moving_var[0]),
+    }

@@ -280,3 +280,35 @@ def batch_size_one(x: Tensor, *, eps: float = 1e-5, seed: int = 0) -> dict[str, 
         "output_equals_beta": bool(torch.equal(y.detach(), beta_b)),
         "torch_error": torch_error,
     }
+
+
+def bn_inputs(model: nn.Module, batch: Tensor) -> dict[str, Tensor]:
+    """What each BN layer receives for ``batch`` in eval mode (one forward, hooks removed)."""
+    got: dict[str, Tensor] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if _is_bn(m):
+            handles.append(m.register_forward_pre_hook(
+                lambda _m, args, name=name: got.setdefault(name, args[0].detach())))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return got
+
+
+
+def standardise_channels(x: Tensor) -> Tensor:
+    """Each channel shifted and scaled to mean 0 and (biased) std 1 over the whole population.
+
+    Batch statistics of the result are those of ``x`` in units of each channel's population
+    mean and std, so layers of different scales compare on one chart.
+    """
+    dims = (0,) if x.dim() == 2 else (0, *range(2, x.dim()))
+    var, mean = torch.var_mean(x.double(), dim=dims, correction=0, keepdim=True)
+    return ((x.double() - mean) / var.sqrt().clamp_min(1e-12)).to(x.dtype)

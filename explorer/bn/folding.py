@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import itertools
+import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from explorer.bn.conventions import (
     _bn_channels,
@@ -18,6 +21,10 @@ from explorer.bn.conventions import (
     bn_affine,
 )
 from explorer.bn.dataflow import find_flow
+from explorer.bn.rng import local_rng
+
+if TYPE_CHECKING:
+    from explorer.specs import SpecBase
 
 METHOD = "meta-device forward pass"  # the plan's method when the data flow was traced
 _FOLD_INTO = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -149,3 +156,59 @@ def fold_bn(model: nn.Module, plan: FoldPlan | None = None,
             parent = folded.get_submodule(parent_name) if parent_name else folded
             setattr(parent, child, nn.Identity())
     return folded
+
+
+def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BN layer seeded running statistics, γ and β (as if trained), in place."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+                if m.affine:
+                    m.weight.copy_(0.5 + torch.rand(c, generator=g))
+                    m.bias.copy_(0.2 * torch.randn(c, generator=g))
+    return model
+
+
+def fold_check(spec: SpecBase, batch: int = 4, seed: int = 0) -> dict[str, Any]:
+    """Fold a spec's model (randomised BN statistics) and compare eval outputs with the original.
+
+    Returns the folded pairs, the BN layers that stay (with the reason), the maximum absolute
+    difference of the outputs on ``batch`` seeded random inputs, and the largest output. The
+    weights are those ``torch.manual_seed(seed)`` would give, drawn from a local generator, so a
+    training run in another thread keeps its own random sequence.
+    """
+    from explorer.models import build  # the package itself builds no networks
+
+    with local_rng(seed):
+        model = build(spec)
+    model = randomise_bn(model, seed).eval()
+    plan = find_foldable(model, spec.input_shape)
+    folded = fold_bn(model, plan)
+    x = torch.randn((batch, *spec.input_shape), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        ref, out = model(x), folded(x)
+    return {
+        "pairs": list(plan.pairs), "kept": list(plan.kept), "method": plan.method,
+        "max_abs_diff": float((ref - out).abs().max()),
+        "max_abs_output": float(ref.abs().max()),
+        "model": model, "folded": folded,
+    }
+
+
+def time_fold(model: nn.Module, folded: nn.Module, x: Tensor, repeats: int = 5) -> dict[str, float]:
+    """Eval-mode images/s of a model and its folded copy on the CPU, timed alternately (median)."""
+    times: dict[str, list[float]] = {"unfolded": [], "folded": []}
+    with torch.inference_mode():
+        model(x), folded(x)  # warm-up: first calls allocate and pick kernels
+        for _ in range(max(1, int(repeats))):
+            for name, m in (("unfolded", model), ("folded", folded)):
+                t0 = time.perf_counter()
+                m(x)
+                times[name].append(time.perf_counter() - t0)
+    ips = {k: len(x) / statistics.median(v) for k, v in times.items()}
+    return {"images_per_s_unfolded": ips["unfolded"], "images_per_s_folded": ips["folded"],
+            "speedup": ips["folded"] / ips["unfolded"]}

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from explorer.errors import ConfigError
 
@@ -117,3 +117,21 @@ def normalize_all(x: Tensor, groups: int, eps: float = 1e-5) -> dict[str, dict[s
         "mean": m.reshape(n, groups), "var": v.reshape(n, groups), "output": y.reshape(n, c, h, w)
     }
     return out
+
+
+def norms_vs_torch(x: Tensor, groups: int, eps: float = 1e-5) -> dict[str, float]:
+    """Max |hand-computed − torch module| for batch, layer, instance and group norm (γ=1, β=0).
+
+    The hand computation is ``bn.normalize_all``; the modules are nn.BatchNorm2d (training
+    mode), nn.LayerNorm over C×H×W, nn.InstanceNorm2d and nn.GroupNorm, all without affine.
+    """
+    hand = normalize_all(x, groups, eps)
+    c = x.shape[1]
+    modules = {
+        "batch": nn.BatchNorm2d(c, eps=eps, affine=False).train(),
+        "layer": nn.LayerNorm(list(x.shape[1:]), eps=eps, elementwise_affine=False),
+        "instance": nn.InstanceNorm2d(c, eps=eps, affine=False),
+        "group": nn.GroupNorm(groups, c, eps=eps, affine=False),
+    }
+    with torch.no_grad():
+        return {k: float((hand[k]["output"] - m(x)).abs().max()) for k, m in modules.items()}
