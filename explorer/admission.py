@@ -86,7 +86,9 @@ def price(spec: SpecBase, config: TrainConfig, data: DataSizes, device: str = "c
         estimate = estimate_run(spec, config, data, throughput)
         epoch_s, total_s = estimate.epoch_s, estimate.total_s
         refusal = check_budget(estimate)
-    if refusal is None and dev.type == "cpu":
-        refusal = check_memory(footprint, available_memory(dev, slots))
+    if refusal is None and dev.type in ("cpu", "cuda"):
+        # On a GPU the whole budget of its runs: one that fits later waits in the queue.
+        available = available_memory(dev, slots)
+        refusal = None if available is None else check_memory(footprint, available)
     return Price(spec, epoch_s, total_s, footprint, refusal)
 

@@ -65,7 +65,12 @@ def device_key(device: str | torch.device, precision: str) -> str:
     """Which measurements apply: device model, precision, and on a CPU its torch threads."""
     dev = torch.device(device)
     if dev.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(dev)}:{precision}"
+        # The name from a child process in the web server: it must not initialise CUDA.
+        from explorer.system import gpus
+
+        known, index = gpus(), dev.index or 0
+        name = known[index][0] if index < len(known) else "unknown GPU"
+        return f"cuda:{name}:{precision}"
     if dev.type == "cpu":
         return f"cpu:{_cpu_name()}:{torch.get_num_threads()} threads:{precision}"
     return f"{dev.type}:{precision}"

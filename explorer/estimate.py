@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from explorer import settings
 from explorer.errors import ConfigError
 from explorer.footprint import EVAL_BATCH, DataSizes, activation_profile
 from explorer.layers import meta_pass
@@ -298,17 +298,7 @@ def estimate_run(spec: SpecBase, config: Any, data: DataSizes,
 
 def budget_seconds() -> float:
     """The longest run the server accepts: $EXPLORER_RUN_BUDGET_S, else ten minutes."""
-    setting = os.environ.get(BUDGET_ENV, "").strip()
-    if not setting:
-        return DEFAULT_BUDGET_S
-    try:
-        value = float(setting)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{BUDGET_ENV} must be a positive number of seconds, got "
-                          f"{setting[:40]!r}.")
-    return value
+    return float(settings.read(BUDGET_ENV))  # type: ignore[arg-type]
 
 
 def _cheaper_input(est: RunEstimate, budget: float) -> tuple[SpecBase, float] | None:
