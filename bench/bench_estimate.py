@@ -139,6 +139,10 @@ def time_figures(precision: str) -> dict:
             "estimated_idle_epoch_s": round(idle, 2),
             "ratio_idle": round(idle / cpu["epoch_s"], 3),
             "estimated_idle_epoch_s_refined": round(refined_idle, 2),
+            "measured_idle_step_s": round(cpu["step_s"], 5),
+            "estimated_idle_step_s": round(base.seconds(m["work"].step_features()), 5),
+            "measured_idle_test_pass_s": round(cpu["eval_s"], 3),
+            "estimated_idle_test_pass_s": round(base.seconds(m["work"].eval_features()), 3),
             "ratio_idle_refined": round(refined_idle / cpu["epoch_s"], 3),
         })
 

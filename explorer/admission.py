@@ -79,7 +79,7 @@ def price(spec: SpecBase, config: TrainConfig, data: DataSizes, device: str = "c
     footprint = estimate_footprint(spec, config, data, precision)
     calibration = calibration_path(store_path)
     throughput = load_throughput(dev, precision, calibration,
-                                 calibrate_if_missing=dev.type == "cpu")
+                                 calibrate_if_missing=dev.type == "cpu", in_child=True)
     refusal = None
     epoch_s = total_s = None
     if throughput is not None:

@@ -40,6 +40,7 @@ CALIBRATION_SUFFIX = ".throughput.json"  # runs.sqlite.throughput.json, beside t
 CALIBRATION_VERSION = 1
 KEEP_RECORDS = 64  # finished runs kept per device; the oldest go first
 PROBE_STEPS = 16  # timed steps per calibration probe, after a warm-up step
+PROBE_VERSION = 2  # another set of probes recalibrates a device
 
 
 _lock = threading.Lock()
@@ -87,7 +88,9 @@ def _cpu_name() -> str:
 
 def probe_specs() -> list[SpecBase]:
     """The calibration networks: per-step cost, per-layer cost, arithmetic (on a large and a
-    small map), element-wise work."""
+    small map), element-wise work, and a class's kind of run at two sizes (a narrow and a
+    wider LeNet at batch 128, where a CPU's per-step overhead and its small-model throughput
+    show as a class's runs meet them)."""
     return [
         LeNetSpec(input_shape=(1, 8, 8), conv_channels=(2,), kernel_size=3, hidden=()),
         LeNetSpec(input_shape=(1, 8, 8), conv_channels=(2,) * 3, kernel_size=1, hidden=(4,) * 6,
@@ -97,10 +100,14 @@ def probe_specs() -> list[SpecBase]:
         VGGSpec(input_shape=(1, 4, 4), arch=(VGGBlock(2, 128),), hidden=(), dropout=0.0),
         LeNetSpec(input_shape=(1, 32, 32), conv_channels=(16,), kernel_size=1, hidden=(),
                   batch_norm=True),
+        LeNetSpec(input_shape=(1, 16, 16), conv_channels=(4, 8), kernel_size=3, hidden=(32,)),
+        LeNetSpec(input_shape=(1, 24, 24), conv_channels=(12, 24), kernel_size=5,
+                  hidden=(64,), activation="relu"),
     ]
 
 
-PROBE_BATCHES = (1, 2, 16, 32, 32)  # batch norm needs two values per channel
+PROBE_BATCHES = (1, 2, 16, 32, 32, 128, 128)  # batch norm needs two values per channel
+PROBE_REPEATS = 3  # each probe is timed this often; the fastest counts (a busy machine slows)
 
 
 def idle_clock() -> float:
@@ -146,18 +153,23 @@ def _probe_seconds(spec: SpecBase, batch: int, device: torch.device, precision: 
     return statistics.median(gaps)
 
 
-def calibrate(device: str | torch.device = "cpu", precision: str = "fp32") -> list[Record]:
-    """Time the probe networks on ``device`` (about a second on a CPU); one record each.
+def calibrate(device: str | torch.device = "cpu", precision: str = "fp32",
+              repeats: int = PROBE_REPEATS) -> list[Record]:
+    """Time the probe networks on ``device`` (a few seconds on a CPU); one record each.
 
-    Runs the training engine, which reseeds torch's global generator: call it in a worker.
+    Each probe's median step is measured ``repeats`` times and the fastest kept: on a machine
+    shared with other work, a slice of CPU time lost to it (cache misses, a migration) only ever
+    adds time. Runs the training engine, which reseeds torch's global generator: call it in a
+    worker or a child process (``calibrate_in_child``), never in the web server.
     """
     dev = torch.device(device)
     records = []
     for spec, batch in zip(probe_specs(), PROBE_BATCHES, strict=True):
         work = run_work(spec, _Config(batch), DataSizes(batch * (PROBE_STEPS + 2), 0,
                                                         spec.input_shape, spec.num_classes))
-        records.append(Record(work.step_features(), _probe_seconds(spec, batch, dev, precision),
-                              "probe"))
+        seconds = min(_probe_seconds(spec, batch, dev, precision)
+                      for _ in range(max(1, repeats)))
+        records.append(Record(work.step_features(), seconds, "probe"))
     return records
 
 
@@ -214,18 +226,29 @@ def _entry_records(entry: dict[str, Any], kind: str) -> list[Record]:
 
 
 def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
-                    path: str | Path | None = None, calibrate_if_missing: bool = True
-                    ) -> Throughput | None:
-    """This device's throughput from the calibration file, calibrating once when it has none."""
+                    path: str | Path | None = None, calibrate_if_missing: bool = True,
+                    in_child: bool = False) -> Throughput | None:
+    """This device's throughput from the calibration file, calibrating once when it has none.
+
+    Args:
+        in_child: calibrate in a child process (the web server: the probes train, which
+            reseeds torch's generator and competes with the pages for this process's cores);
+            the child writes the file, this process reads it.
+    """
     file = Path(path) if path else calibration_path()
     key = device_key(device, precision)
     entry = _read(file).get("devices", {}).get(key, {})
     probes = _entry_records(entry, "probes")
-    if len(probes) < len(PROBE_BATCHES) or entry.get("torch") != torch.__version__:
+    if _stale(entry, probes) and calibrate_if_missing and in_child:
+        calibrate_in_child(device, precision, file)
+        entry = _read(file).get("devices", {}).get(key, {})
+        probes = _entry_records(entry, "probes")
+    if _stale(entry, probes):
         if not calibrate_if_missing:
             return None
         probes = calibrate(device, precision)
-        entry = {"torch": torch.__version__, "calibrated_at": _now(),
+        entry = {"torch": torch.__version__, "probe_version": PROBE_VERSION,
+                 "calibrated_at": _now(),
                  "probes": [_record_json(r) for r in probes], "runs": entry.get("runs", [])}
         try:
             with _locked(file):
@@ -238,6 +261,34 @@ def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
     share = cpu_share() if torch.device(device).type == "cpu" else 1.0
     return Throughput(key, probes + _entry_records(entry, "runs"), entry.get("calibrated_at", ""),
                       share)
+
+
+def _stale(entry: dict[str, Any], probes: list[Record]) -> bool:
+    """True when a device's entry lacks this version's probes (another torch, older probes)."""
+    return (len(probes) != len(PROBE_BATCHES) or entry.get("torch") != torch.__version__
+            or entry.get("probe_version") != PROBE_VERSION)
+
+
+def calibrate_in_child(device: str | torch.device, precision: str, path: str | Path,
+                       timeout: float = 300.0) -> None:
+    """Calibrate in a fresh process with this one's torch threads; it writes ``path``.
+
+    A failure is logged, never raised: the caller then calibrates itself.
+    """
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    cmd = [sys.executable, "-m", "explorer.calibration", "--device", str(device),
+           "--precision", precision, "--threads", str(torch.get_num_threads()),
+           "--path", str(path)]
+    try:
+        subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=timeout, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("calibrating in a child process failed (%s); calibrating here", exc)
 
 
 def record(device: str | torch.device, precision: str, work: Work, step_seconds: float,
@@ -298,5 +349,25 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-__all__ = ["calibrate", "calibration_path", "device_key", "idle_clock", "load_throughput",
-           "probe_specs", "record", "record_result"]
+def main(argv: list[str] | None = None) -> int:
+    """``python -m explorer.calibration``: calibrate a device into a calibration file."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="calibrate this device's training speed")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--path")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_throughput(args.device, args.precision, args.path or None)
+    return 0
+
+
+__all__ = ["calibrate", "calibrate_in_child", "calibration_path", "device_key", "idle_clock",
+           "load_throughput", "probe_specs", "record", "record_result"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

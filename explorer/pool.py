@@ -48,7 +48,8 @@ def default_slots(gpu_memory: Sequence[int] | None = None,
     On a CPU: $EXPLORER_SLOTS workers (default 1, with every core). On each GPU: as many workers
     as its memory holds runs (``explorer.footprint.plan_gpu``: $EXPLORER_GPU_SLOTS, else sized
     from the memory, $EXPLORER_GPU_MEMORY_MB, and a typical run's footprint), each with one
-    thread and the GPU's budget, so that a run starts only when it fits beside the others.
+    thread and the GPU's budget, so that a run starts only when it fits beside the others; by
+    default at most one worker per core, the cores shared evenly among the GPUs.
 
     Args:
         gpu_memory: total bytes of each GPU (default: the GPUs this machine has, read without
@@ -59,14 +60,14 @@ def default_slots(gpu_memory: Sequence[int] | None = None,
     from explorer.system import gpu_memory as machine_gpus
 
     memory = list(machine_gpus() if gpu_memory is None else gpu_memory)
+    cores = cores or os.cpu_count() or 1
     if memory:
         slots = []
         for i, total in enumerate(memory):
-            plan = plan_gpu(total, cores=cores)
+            plan = plan_gpu(total, cores=max(1, cores // len(memory)))  # the GPUs share the cores
             slots += [Slot(f"cuda:{i}", 1, plan.budget)] * plan.slots
         return slots
     n = settings.read("EXPLORER_SLOTS") or 1
-    cores = cores or os.cpu_count() or 1
     return [Slot("cpu", max(1, cores // n)) for _ in range(n)]
 
 

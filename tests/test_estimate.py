@@ -193,7 +193,7 @@ def test_budget_setting(monkeypatch):
 def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     path = tmp_path / "throughput.json"
     first = calibration.load_throughput("cpu", "fp32", path=path)
-    assert len(first.records) == len(calibration.probe_specs()) == 5
+    assert len(first.records) == len(calibration.probe_specs()) == 7
     assert all(r.source == "probe" for r in first.records)
     assert all(r.seconds > 0 for r in first.records) and first.calibrated_at
 
@@ -220,6 +220,28 @@ def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     assert len(entry["runs"]) == 2 and entry["runs"][0]["at"]
 
 
+def test_the_server_calibrates_in_a_child_process_and_reads_its_file(tmp_path, monkeypatch):
+    path = tmp_path / "throughput.json"
+
+    def refuse(*_args):
+        raise AssertionError("calibrated in the server's own process")
+
+    monkeypatch.setattr(calibration, "calibrate", refuse)
+    th = calibration.load_throughput("cpu", "fp32", path=path, in_child=True)
+    assert len(th.records) == 7 and all(r.source == "probe" for r in th.records)
+    (entry,) = json.loads(path.read_text())["devices"].values()
+    assert entry["probe_version"] == calibration.PROBE_VERSION
+    # The same threads as this process: the file's key is this process's.
+    assert calibration.device_key("cpu", "fp32") in json.loads(path.read_text())["devices"]
+
+
+def test_each_probe_keeps_the_fastest_of_its_repeats(monkeypatch):
+    times = iter([0.30, 0.10, 0.20] * 7)  # a busy machine only ever adds time
+    monkeypatch.setattr(calibration, "_probe_seconds", lambda *_a: next(times))
+    records = calibration.calibrate("cpu", "fp32", repeats=3)
+    assert [r.seconds for r in records] == [0.10] * 7
+
+
 def test_an_unwritable_calibration_file_fails_nothing(tmp_path, caplog):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
@@ -239,10 +261,10 @@ def test_calibration_file_lies_beside_the_run_store(monkeypatch, tmp_path):
 def test_a_damaged_calibration_file_is_recalibrated(tmp_path, monkeypatch):
     path = tmp_path / "throughput.json"
     path.write_text("{not json")
-    probes = [Record((1.0, 3.0, 1e6, 1e3), 0.01, "probe")] * 5
+    probes = [Record((1.0, 3.0, 1e6, 1e3), 0.01, "probe")] * 7
     monkeypatch.setattr(calibration, "calibrate", lambda *_a: probes)
     th = calibration.load_throughput("cpu", "fp32", path=path)
-    assert [r.seconds for r in th.records] == [0.01] * 5
+    assert [r.seconds for r in th.records] == [0.01] * 7
     assert calibration.load_throughput("cpu", "bf16", path=path,
                                        calibrate_if_missing=False) is None
 

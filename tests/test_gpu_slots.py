@@ -124,11 +124,13 @@ def test_slots_and_budget_from_an_injected_gpu_memory():
     plan = plan_gpu(2 * 10**9, cores=16)
     assert plan.slots == 2
     assert plan.budget == 1_800_000_000 - 2 * CUDA_CONTEXT_BYTES
-    slots = default_slots(gpu_memory=[2 * 10**9, 80 * 10**9], cores=4)
-    # The 80 GB GPU holds many LeNets: one worker per core (4) is the cap here.
+    slots = default_slots(gpu_memory=[2 * 10**9, 80 * 10**9], cores=8)
+    # The 80 GB GPU holds many LeNets: one worker per core, the 8 cores shared by 2 GPUs,
+    # caps it at 4.
     assert [s.device for s in slots] == ["cuda:0"] * 2 + ["cuda:1"] * 4
     assert {s.threads for s in slots} == {1}
     assert slots[-1].budget == 72 * 10**9 - 4 * CUDA_CONTEXT_BYTES
+    assert len(default_slots(gpu_memory=[80 * 10**9], cores=64)) == 8  # GPU_SLOTS_CAP
 
 
 def test_settings_fix_the_budget_and_the_slots(monkeypatch):
