@@ -53,6 +53,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in _ALL}
 
 
 def _bound(x: float) -> str:
+    x = float(x)
     return f"{x:,.0f}".replace(",", "") if x.is_integer() and abs(x) >= 1e6 else f"{x:g}"
 
 
