@@ -1,15 +1,20 @@
 """This device's speed, measured once and refined from finished runs (a JSON file per server).
 
-``calibrate`` trains five small probe networks for a few steps through the engine itself (about a
-second on a CPU): a two-layer net at batch 1 (the fixed cost of a step), a deep thin one (the cost
-per layer), two VGG blocks (multiply-adds, on a 16×16 map and with wide channels on a 4×4 one) and
-a wide batch-norm layer (element-wise work). On a CPU
-it times them by CPU time (``idle_clock``), so that a busy machine does not enter the calibration:
-every record holds seconds as on an idle machine, and the estimate multiplies by the slow-down
-measured at the time (``explorer.estimate.cpu_share``). The file
-beside the run store keeps, per device, precision and CPU thread count, the probes with a time
-stamp and the torch version (another version recalibrates), and the last finished runs;
-``explorer.estimate.Throughput`` fits the time model to all of them.
+``calibrate`` trains seven small probe networks for a few steps through the engine itself (a few
+seconds on a CPU): a two-layer net at batch 1 (the fixed cost of a step), a deep thin one (the
+cost per layer), two VGG blocks (multiply-adds, on a 16×16 map and with wide channels on a 4×4
+one), a wide batch-norm layer (element-wise work), and a class's kind of run at two sizes (a
+classic sigmoid LeNet at batch 128, a wide ReLU one at batch 64): similar networks are
+corrected by the model's error on them. Each probe is timed three times and the fastest kept.
+On a CPU it times them by CPU time (``idle_clock``), and beside them a fixed reference kernel
+(``measure_reference``); later, the reference's wall time over that CPU time is the slow-down
+a run sees (``explorer.estimate.slow_down``): the time other work takes from it, and the slower
+CPU time of its steps while that work competes for caches and memory. The web server
+calibrates in a child process (``calibrate_in_child``): the probes reseed torch and would compete
+with the pages. The file beside the run store keeps, per device, precision and CPU thread count,
+the probes with a time stamp, the reference, the torch and probe versions (another version
+recalibrates), and the last finished runs; ``explorer.estimate.Throughput`` fits the time model
+to all of them.
 """
 
 from __future__ import annotations
@@ -32,7 +37,15 @@ from typing import Any
 
 import torch
 
-from explorer.estimate import Record, Throughput, Work, cpu_share, run_work
+from explorer.estimate import (
+    Record,
+    Throughput,
+    Work,
+    cpu_share,
+    reference_seconds,
+    run_work,
+    slow_down,
+)
 from explorer.footprint import DataSizes
 from explorer.specs import LeNetSpec, SpecBase, VGGBlock, VGGSpec
 
@@ -40,7 +53,7 @@ CALIBRATION_SUFFIX = ".throughput.json"  # runs.sqlite.throughput.json, beside t
 CALIBRATION_VERSION = 1
 KEEP_RECORDS = 64  # finished runs kept per device; the oldest go first
 PROBE_STEPS = 16  # timed steps per calibration probe, after a warm-up step
-PROBE_VERSION = 2  # another set of probes recalibrates a device
+PROBE_VERSION = 4  # another set of probes (or reference kernel) recalibrates a device
 
 
 _lock = threading.Lock()
@@ -88,9 +101,9 @@ def _cpu_name() -> str:
 
 def probe_specs() -> list[SpecBase]:
     """The calibration networks: per-step cost, per-layer cost, arithmetic (on a large and a
-    small map), element-wise work, and a class's kind of run at two sizes (a narrow and a
-    wider LeNet at batch 128, where a CPU's per-step overhead and its small-model throughput
-    show as a class's runs meet them)."""
+    small map), element-wise work, and a class's kind of run at two sizes (a classic sigmoid
+    LeNet at batch 128 and a wide ReLU one at batch 64, where a CPU's small-model throughput
+    shows as a class's runs meet it; the estimate corrects similar networks by their error)."""
     return [
         LeNetSpec(input_shape=(1, 8, 8), conv_channels=(2,), kernel_size=3, hidden=()),
         LeNetSpec(input_shape=(1, 8, 8), conv_channels=(2,) * 3, kernel_size=1, hidden=(4,) * 6,
@@ -100,13 +113,13 @@ def probe_specs() -> list[SpecBase]:
         VGGSpec(input_shape=(1, 4, 4), arch=(VGGBlock(2, 128),), hidden=(), dropout=0.0),
         LeNetSpec(input_shape=(1, 32, 32), conv_channels=(16,), kernel_size=1, hidden=(),
                   batch_norm=True),
-        LeNetSpec(input_shape=(1, 16, 16), conv_channels=(4, 8), kernel_size=3, hidden=(32,)),
-        LeNetSpec(input_shape=(1, 24, 24), conv_channels=(12, 24), kernel_size=5,
-                  hidden=(64,), activation="relu"),
+        LeNetSpec(input_shape=(1, 24, 24), conv_channels=(6, 16), kernel_size=5, hidden=(100,)),
+        LeNetSpec(input_shape=(1, 28, 28), conv_channels=(32, 64), kernel_size=3,
+                  hidden=(128,), activation="relu"),
     ]
 
 
-PROBE_BATCHES = (1, 2, 16, 32, 32, 128, 128)  # batch norm needs two values per channel
+PROBE_BATCHES = (1, 2, 16, 32, 32, 128, 64)  # batch norm needs two values per channel
 PROBE_REPEATS = 3  # each probe is timed this often; the fastest counts (a busy machine slows)
 
 
@@ -248,7 +261,7 @@ def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
             return None
         probes = calibrate(device, precision)
         entry = {"torch": torch.__version__, "probe_version": PROBE_VERSION,
-                 "calibrated_at": _now(),
+                 "calibrated_at": _now(), "reference_s": measure_reference(device),
                  "probes": [_record_json(r) for r in probes], "runs": entry.get("runs", [])}
         try:
             with _locked(file):
@@ -258,9 +271,23 @@ def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
                 _write(file, data)
         except OSError:  # a read-only store: the estimate still works, once per process
             log.warning("could not write the calibration file %s", file, exc_info=True)
-    share = cpu_share() if torch.device(device).type == "cpu" else 1.0
+    share = 1.0
+    if torch.device(device).type == "cpu":
+        reference = entry.get("reference_s")
+        valid = isinstance(reference, float) and math.isfinite(reference) and reference > 0
+        share = slow_down(reference) if valid else cpu_share()
     return Throughput(key, probes + _entry_records(entry, "runs"), entry.get("calibrated_at", ""),
                       share)
+
+
+def measure_reference(device: str | torch.device = "cpu", repeats: int = PROBE_REPEATS
+                      ) -> float | None:
+    """The reference kernel's CPU time per iteration (``idle_clock``), the fastest of
+    ``repeats``, measured beside the probes: later, its wall time over this is the slow-down a
+    run sees (``explorer.estimate.slow_down``). None off the CPU."""
+    if torch.device(device).type != "cpu":
+        return None
+    return min(reference_seconds(clock=idle_clock) for _ in range(max(1, repeats)))
 
 
 def _stale(entry: dict[str, Any], probes: list[Record]) -> bool:
@@ -366,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["calibrate", "calibrate_in_child", "calibration_path", "device_key", "idle_clock",
-           "load_throughput", "probe_specs", "record", "record_result"]
+           "load_throughput", "measure_reference", "probe_specs", "record", "record_result"]
 
 
 if __name__ == "__main__":

@@ -143,6 +143,22 @@ def test_cpu_share_measures_the_slow_down(monkeypatch):
     assert cpu_share(sample_s=0.02) == pytest.approx(2.0, rel=0.05)  # cached
 
 
+def test_slow_down_is_the_reference_kernels_wall_time_over_its_calibrated_cpu_time(monkeypatch):
+    monkeypatch.setattr(estimate_module, "_slow_cache", {})
+    monkeypatch.setattr(estimate_module, "reference_seconds", lambda sample_s: 0.003)
+    # 3 ms per iteration now, 1 ms of CPU time at calibration: runs go 3 times slower.
+    assert estimate_module.slow_down(0.001) == pytest.approx(3.0)
+    # A machine less loaded than at calibration: faster, down to a quarter at most.
+    assert estimate_module.slow_down(0.006) == pytest.approx(0.5)
+    assert estimate_module.slow_down(0.1) == 0.25
+
+    def no_probe(sample_s):
+        raise AssertionError("measured again within max_age_s")
+
+    monkeypatch.setattr(estimate_module, "reference_seconds", no_probe)
+    assert estimate_module.slow_down(0.001) == pytest.approx(3.0)  # cached
+
+
 def test_epoch_sentence():
     assert epoch_sentence(41.6) == "about 42 s per epoch on this server"
     assert epoch_sentence(300) == "about 5 min per epoch on this server"
@@ -210,7 +226,7 @@ def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     result = types.SimpleNamespace(device="cpu", precision="fp32", elapsed_s=20.0, epoch_metrics=[
         {"images_per_s": 256.0, "eval_time_s": 2.0, "test_acc": 0.9}])
     calibration.record_result(work, result, path=path, idle_seconds=10.0)
-    monkeypatch.setattr(calibration, "cpu_share", lambda: 1.5)  # the slow-down now
+    monkeypatch.setattr(calibration, "slow_down", lambda _ref: 1.5)  # the slow-down now
     refined = calibration.load_throughput("cpu", "fp32", path=path)
     assert refined.seconds(work.step_features()) == pytest.approx(0.25 * 1.5)
     assert refined.seconds(work.eval_features()) == pytest.approx(1.0 * 1.5)
