@@ -203,13 +203,16 @@ class Throughput:
         return self.model_seconds(features) * self._correction(where) * self.share
 
     def _correction(self, features: tuple[float, ...]) -> float:
-        """Geometric mean of measured/model over the nearest measurements (1 when none)."""
+        """Geometric mean of measured/model over the nearest measurements, each weighted by
+        the inverse of its distance (the nearest network says most; 1 when none is near)."""
         here = _position(features)
         near = sorted(((math.dist(here, _position(r.features)), r) for r in self.records),
                       key=lambda pair: pair[0])
-        ratios = [math.log(r.seconds / m) for d, r in near[:NEIGHBOURS] if d <= NEAR
-                  and (m := self.model_seconds(r.features)) > 0]
-        return math.exp(sum(ratios) / len(ratios)) if ratios else 1.0
+        logs = [(1 / (d + 0.05), math.log(r.seconds / m)) for d, r in near[:NEIGHBOURS]
+                if d <= NEAR and (m := self.model_seconds(r.features)) > 0]
+        if not logs:
+            return 1.0
+        return math.exp(sum(w * x for w, x in logs) / sum(w for w, _x in logs))
 
     def epoch_seconds(self, work: Work) -> float:
         """One epoch: its training steps and its test pass."""

@@ -1,6 +1,7 @@
 """Cost and memory estimates before Start: work, the time model's fit, budget, memory, classes."""
 
 import json
+import math
 import random
 import time
 import types
@@ -127,6 +128,19 @@ def test_nearby_runs_correct_the_model():
     wide = (1.0, 7.0, 1e10, 3e6)  # a hundred times the MACs: the model alone
     assert th.seconds(wide) == pytest.approx(th.model_seconds(wide))
     assert th.model_seconds(wide) == pytest.approx(10.0, rel=0.05)
+
+
+def test_the_nearer_of_two_similar_runs_corrects_more():
+    probes = macs_only(1e9).records  # exact: the model's error on them is 1
+    here = (1.0, 7.0, 1e8, 3e6)
+    near = (1.0, 7.0, 1e8 * 10**0.1, 3e6)  # a tenth of a decade away (MACs)
+    far = (1.0, 7.0, 1e8, 3e6 * 10**0.4)  # four tenths away (elements)
+    th = Throughput("test", [*probes, Record(near, 0.4), Record(far, 0.05)])
+    e_near, e_far = 0.4 / th.model_seconds(near), 0.05 / th.model_seconds(far)
+    assert e_near > 1 > e_far
+    # Weights 1/(0.1 + 0.05) and 1/(0.4 + 0.05): the near run counts three times the far one.
+    want = math.exp((3 * math.log(e_near) + math.log(e_far)) / 4)
+    assert th.seconds(here) == pytest.approx(th.model_seconds(here) * want, rel=1e-6)
 
 
 def test_cpu_share_measures_the_slow_down(monkeypatch):
