@@ -52,7 +52,7 @@ from explorer.specs import LeNetSpec, SpecBase, VGGBlock, VGGSpec
 CALIBRATION_SUFFIX = ".throughput.json"  # runs.sqlite.throughput.json, beside the run store
 CALIBRATION_VERSION = 1
 KEEP_RECORDS = 64  # finished runs kept per device; the oldest go first
-PROBE_STEPS = 16  # timed steps per calibration probe, after a warm-up step
+PROBE_STEPS = 6  # timed steps per repeat of a calibration probe, after a warm-up step
 PROBE_VERSION = 4  # another set of probes (or reference kernel) recalibrates a device
 
 
