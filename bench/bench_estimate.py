@@ -8,11 +8,13 @@ seconds per step after the first (the first holds one-time set-up) times the ste
 epoch, plus the test pass (on a subset for the larger presets, scaled to the 1,000 images).
 
 Each epoch is timed by two clocks and estimated three ways: ``ratio``, the page's estimate
-before Start (the model times the slow-down ``cpu_share`` measures then) against the wall
-clock; ``ratio_idle``, the time model alone against the run's CPU time per thread (the run on an
-idle machine: this separates the model's error from the machine's changing load);
-``ratio_idle_refined``, the same after refining with the other four presets' runs (leave one
-out, as a server refines from finished runs). Goal: each ratio within a factor of 1.5.
+before Start (the model times the slow-down ``slow_down`` measures then: the reference
+kernel's wall time over its CPU time at calibration; ``cpu_share_before`` is the older measure,
+wall over CPU time now, for comparison) against the wall clock; ``ratio_idle``, the time
+model alone against the run's CPU time per thread (the run on an idle machine: this separates
+the model's error from the machine's changing load); ``ratio_idle_refined``, the same after
+refining with the other four presets' runs (leave one out, as a server refines from finished
+runs). Goal: each ratio within a factor of 1.5.
 
 Memory: for three presets (weights dominate in the first two, activations in NiN), the estimated
 peak (explorer.footprint) against two measurements of a real run of a few steps through the
@@ -42,9 +44,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer.calibration import calibrate, device_key, idle_clock  # noqa: E402
+from explorer.calibration import calibrate, device_key, idle_clock, measure_reference  # noqa: E402
 from explorer.data import load_dataset  # noqa: E402
-from explorer.estimate import Record, Throughput, cpu_share, run_work, with_classes  # noqa: E402
+from explorer.estimate import (  # noqa: E402
+    Record,
+    Throughput,
+    cpu_share,
+    run_work,
+    slow_down,
+    with_classes,
+)
 from explorer.footprint import DataSizes, estimate_footprint  # noqa: E402
 from explorer.models import build  # noqa: E402
 from explorer.registry import get_preset  # noqa: E402
@@ -103,14 +112,17 @@ def time_figures(precision: str) -> dict:
     dev = resolve_device("cpu")
     t0 = time.perf_counter()
     probes = calibrate(dev, precision)
+    reference = measure_reference(dev)
     calibration_s = time.perf_counter() - t0
     key = device_key(dev, precision)
     base = Throughput(key, probes)
     measured = {}
     for name, steps, n_test in TIME_PRESETS:
-        share_before = cpu_share(max_age_s=0)  # the slow-down the page measures before Start
+        # The slow-down the page measures before Start (and the older measure, for comparison).
+        share_before = slow_down(reference, max_age_s=0)
+        cpu_share_before = cpu_share(max_age_s=0)
         m = measure_epoch(name, steps, n_test, precision)
-        m["share_before"] = share_before
+        m["share_before"], m["cpu_share_before"] = share_before, cpu_share_before
         measured[name] = m
     rows = []
     for name, m in measured.items():
@@ -132,6 +144,7 @@ def time_figures(precision: str) -> dict:
             "measured_first_step_s": round(wall["first_step_s"], 3),
             "measured_test_pass_s": round(wall["eval_s"], 2),
             "load_share_before": round(m["share_before"], 2),
+            "cpu_share_before": round(m["cpu_share_before"], 2),
             "load_share_measured": round(wall["epoch_s"] / cpu["epoch_s"], 2),
             "estimated_epoch_s": round(est, 2),
             "ratio": round(est / wall["epoch_s"], 3),
@@ -139,6 +152,10 @@ def time_figures(precision: str) -> dict:
             "estimated_idle_epoch_s": round(idle, 2),
             "ratio_idle": round(idle / cpu["epoch_s"], 3),
             "estimated_idle_epoch_s_refined": round(refined_idle, 2),
+            "measured_idle_step_s": round(cpu["step_s"], 5),
+            "estimated_idle_step_s": round(base.seconds(m["work"].step_features()), 5),
+            "measured_idle_test_pass_s": round(cpu["eval_s"], 3),
+            "estimated_idle_test_pass_s": round(base.seconds(m["work"].eval_features()), 3),
             "ratio_idle_refined": round(refined_idle / cpu["epoch_s"], 3),
         })
 
@@ -146,7 +163,7 @@ def time_figures(precision: str) -> dict:
         return sum(1 for r in rows if 1 / 1.5 <= r[key] <= 1.5)
 
     c = base.coefficients
-    return {"calibration_s": round(calibration_s, 2),
+    return {"calibration_s": round(calibration_s, 2), "reference_s": reference,
             "coefficients": {"step_s": c[0], "layer_s": c[1],
                              "macs_per_s": 1 / c[2] if c[2] else None,
                              "elements_per_s": 1 / c[3] if c[3] else None},

@@ -79,14 +79,16 @@ def price(spec: SpecBase, config: TrainConfig, data: DataSizes, device: str = "c
     footprint = estimate_footprint(spec, config, data, precision)
     calibration = calibration_path(store_path)
     throughput = load_throughput(dev, precision, calibration,
-                                 calibrate_if_missing=dev.type == "cpu")
+                                 calibrate_if_missing=dev.type == "cpu", in_child=True)
     refusal = None
     epoch_s = total_s = None
     if throughput is not None:
         estimate = estimate_run(spec, config, data, throughput)
         epoch_s, total_s = estimate.epoch_s, estimate.total_s
         refusal = check_budget(estimate)
-    if refusal is None and dev.type == "cpu":
-        refusal = check_memory(footprint, available_memory(dev, slots))
+    if refusal is None and dev.type in ("cpu", "cuda"):
+        # On a GPU the whole budget of its runs: one that fits later waits in the queue.
+        available = available_memory(dev, slots)
+        refusal = None if available is None else check_memory(footprint, available)
     return Price(spec, epoch_s, total_s, footprint, refusal)
 

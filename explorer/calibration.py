@@ -1,15 +1,20 @@
 """This device's speed, measured once and refined from finished runs (a JSON file per server).
 
-``calibrate`` trains five small probe networks for a few steps through the engine itself (about a
-second on a CPU): a two-layer net at batch 1 (the fixed cost of a step), a deep thin one (the cost
-per layer), two VGG blocks (multiply-adds, on a 16×16 map and with wide channels on a 4×4 one) and
-a wide batch-norm layer (element-wise work). On a CPU
-it times them by CPU time (``idle_clock``), so that a busy machine does not enter the calibration:
-every record holds seconds as on an idle machine, and the estimate multiplies by the slow-down
-measured at the time (``explorer.estimate.cpu_share``). The file
-beside the run store keeps, per device, precision and CPU thread count, the probes with a time
-stamp and the torch version (another version recalibrates), and the last finished runs;
-``explorer.estimate.Throughput`` fits the time model to all of them.
+``calibrate`` trains seven small probe networks for a few steps through the engine itself (a few
+seconds on a CPU): a two-layer net at batch 1 (the fixed cost of a step), a deep thin one (the
+cost per layer), two VGG blocks (multiply-adds, on a 16×16 map and with wide channels on a 4×4
+one), a wide batch-norm layer (element-wise work), and a class's kind of run at two sizes (a
+classic sigmoid LeNet at batch 128, a wide ReLU one at batch 64): similar networks are
+corrected by the model's error on them. Each probe is timed three times and the fastest kept.
+On a CPU it times them by CPU time (``idle_clock``), and beside them a fixed reference kernel
+(``measure_reference``); later, the reference's wall time over that CPU time is the slow-down
+a run sees (``explorer.estimate.slow_down``): the time other work takes from it, and the slower
+CPU time of its steps while that work competes for caches and memory. The web server
+calibrates in a child process (``calibrate_in_child``): the probes reseed torch and would compete
+with the pages. The file beside the run store keeps, per device, precision and CPU thread count,
+the probes with a time stamp, the reference, the torch and probe versions (another version
+recalibrates), and the last finished runs; ``explorer.estimate.Throughput`` fits the time model
+to all of them.
 """
 
 from __future__ import annotations
@@ -32,14 +37,23 @@ from typing import Any
 
 import torch
 
-from explorer.estimate import Record, Throughput, Work, cpu_share, run_work
+from explorer.estimate import (
+    Record,
+    Throughput,
+    Work,
+    cpu_share,
+    reference_seconds,
+    run_work,
+    slow_down,
+)
 from explorer.footprint import DataSizes
 from explorer.specs import LeNetSpec, SpecBase, VGGBlock, VGGSpec
 
 CALIBRATION_SUFFIX = ".throughput.json"  # runs.sqlite.throughput.json, beside the run store
 CALIBRATION_VERSION = 1
 KEEP_RECORDS = 64  # finished runs kept per device; the oldest go first
-PROBE_STEPS = 16  # timed steps per calibration probe, after a warm-up step
+PROBE_STEPS = 6  # timed steps per repeat of a calibration probe, after a warm-up step
+PROBE_VERSION = 4  # another set of probes (or reference kernel) recalibrates a device
 
 
 _lock = threading.Lock()
@@ -65,7 +79,12 @@ def device_key(device: str | torch.device, precision: str) -> str:
     """Which measurements apply: device model, precision, and on a CPU its torch threads."""
     dev = torch.device(device)
     if dev.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(dev)}:{precision}"
+        # The name from a child process in the web server: it must not initialise CUDA.
+        from explorer.system import gpus
+
+        known, index = gpus(), dev.index or 0
+        name = known[index][0] if index < len(known) else "unknown GPU"
+        return f"cuda:{name}:{precision}"
     if dev.type == "cpu":
         return f"cpu:{_cpu_name()}:{torch.get_num_threads()} threads:{precision}"
     return f"{dev.type}:{precision}"
@@ -82,7 +101,9 @@ def _cpu_name() -> str:
 
 def probe_specs() -> list[SpecBase]:
     """The calibration networks: per-step cost, per-layer cost, arithmetic (on a large and a
-    small map), element-wise work."""
+    small map), element-wise work, and a class's kind of run at two sizes (a classic sigmoid
+    LeNet at batch 128 and a wide ReLU one at batch 64, where a CPU's small-model throughput
+    shows as a class's runs meet it; the estimate corrects similar networks by their error)."""
     return [
         LeNetSpec(input_shape=(1, 8, 8), conv_channels=(2,), kernel_size=3, hidden=()),
         LeNetSpec(input_shape=(1, 8, 8), conv_channels=(2,) * 3, kernel_size=1, hidden=(4,) * 6,
@@ -92,10 +113,14 @@ def probe_specs() -> list[SpecBase]:
         VGGSpec(input_shape=(1, 4, 4), arch=(VGGBlock(2, 128),), hidden=(), dropout=0.0),
         LeNetSpec(input_shape=(1, 32, 32), conv_channels=(16,), kernel_size=1, hidden=(),
                   batch_norm=True),
+        LeNetSpec(input_shape=(1, 24, 24), conv_channels=(6, 16), kernel_size=5, hidden=(100,)),
+        LeNetSpec(input_shape=(1, 28, 28), conv_channels=(32, 64), kernel_size=3,
+                  hidden=(128,), activation="relu"),
     ]
 
 
-PROBE_BATCHES = (1, 2, 16, 32, 32)  # batch norm needs two values per channel
+PROBE_BATCHES = (1, 2, 16, 32, 32, 128, 64)  # batch norm needs two values per channel
+PROBE_REPEATS = 3  # each probe is timed this often; the fastest counts (a busy machine slows)
 
 
 def idle_clock() -> float:
@@ -141,18 +166,23 @@ def _probe_seconds(spec: SpecBase, batch: int, device: torch.device, precision: 
     return statistics.median(gaps)
 
 
-def calibrate(device: str | torch.device = "cpu", precision: str = "fp32") -> list[Record]:
-    """Time the probe networks on ``device`` (about a second on a CPU); one record each.
+def calibrate(device: str | torch.device = "cpu", precision: str = "fp32",
+              repeats: int = PROBE_REPEATS) -> list[Record]:
+    """Time the probe networks on ``device`` (a few seconds on a CPU); one record each.
 
-    Runs the training engine, which reseeds torch's global generator: call it in a worker.
+    Each probe's median step is measured ``repeats`` times and the fastest kept: on a machine
+    shared with other work, a slice of CPU time lost to it (cache misses, a migration) only ever
+    adds time. Runs the training engine, which reseeds torch's global generator: call it in a
+    worker or a child process (``calibrate_in_child``), never in the web server.
     """
     dev = torch.device(device)
     records = []
     for spec, batch in zip(probe_specs(), PROBE_BATCHES, strict=True):
         work = run_work(spec, _Config(batch), DataSizes(batch * (PROBE_STEPS + 2), 0,
                                                         spec.input_shape, spec.num_classes))
-        records.append(Record(work.step_features(), _probe_seconds(spec, batch, dev, precision),
-                              "probe"))
+        seconds = min(_probe_seconds(spec, batch, dev, precision)
+                      for _ in range(max(1, repeats)))
+        records.append(Record(work.step_features(), seconds, "probe"))
     return records
 
 
@@ -209,18 +239,29 @@ def _entry_records(entry: dict[str, Any], kind: str) -> list[Record]:
 
 
 def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
-                    path: str | Path | None = None, calibrate_if_missing: bool = True
-                    ) -> Throughput | None:
-    """This device's throughput from the calibration file, calibrating once when it has none."""
+                    path: str | Path | None = None, calibrate_if_missing: bool = True,
+                    in_child: bool = False) -> Throughput | None:
+    """This device's throughput from the calibration file, calibrating once when it has none.
+
+    Args:
+        in_child: calibrate in a child process (the web server: the probes train, which
+            reseeds torch's generator and competes with the pages for this process's cores);
+            the child writes the file, this process reads it.
+    """
     file = Path(path) if path else calibration_path()
     key = device_key(device, precision)
     entry = _read(file).get("devices", {}).get(key, {})
     probes = _entry_records(entry, "probes")
-    if len(probes) < len(PROBE_BATCHES) or entry.get("torch") != torch.__version__:
+    if _stale(entry, probes) and calibrate_if_missing and in_child:
+        calibrate_in_child(device, precision, file)
+        entry = _read(file).get("devices", {}).get(key, {})
+        probes = _entry_records(entry, "probes")
+    if _stale(entry, probes):
         if not calibrate_if_missing:
             return None
         probes = calibrate(device, precision)
-        entry = {"torch": torch.__version__, "calibrated_at": _now(),
+        entry = {"torch": torch.__version__, "probe_version": PROBE_VERSION,
+                 "calibrated_at": _now(), "reference_s": measure_reference(device),
                  "probes": [_record_json(r) for r in probes], "runs": entry.get("runs", [])}
         try:
             with _locked(file):
@@ -230,9 +271,51 @@ def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
                 _write(file, data)
         except OSError:  # a read-only store: the estimate still works, once per process
             log.warning("could not write the calibration file %s", file, exc_info=True)
-    share = cpu_share() if torch.device(device).type == "cpu" else 1.0
+    share = 1.0
+    if torch.device(device).type == "cpu":
+        reference = entry.get("reference_s")
+        valid = isinstance(reference, float) and math.isfinite(reference) and reference > 0
+        share = slow_down(reference) if valid else cpu_share()
     return Throughput(key, probes + _entry_records(entry, "runs"), entry.get("calibrated_at", ""),
                       share)
+
+
+def measure_reference(device: str | torch.device = "cpu", repeats: int = PROBE_REPEATS
+                      ) -> float | None:
+    """The reference kernel's CPU time per iteration (``idle_clock``), the fastest of
+    ``repeats``, measured beside the probes: later, its wall time over this is the slow-down a
+    run sees (``explorer.estimate.slow_down``). None off the CPU."""
+    if torch.device(device).type != "cpu":
+        return None
+    return min(reference_seconds(clock=idle_clock) for _ in range(max(1, repeats)))
+
+
+def _stale(entry: dict[str, Any], probes: list[Record]) -> bool:
+    """True when a device's entry lacks this version's probes (another torch, older probes)."""
+    return (len(probes) != len(PROBE_BATCHES) or entry.get("torch") != torch.__version__
+            or entry.get("probe_version") != PROBE_VERSION)
+
+
+def calibrate_in_child(device: str | torch.device, precision: str, path: str | Path,
+                       timeout: float = 300.0) -> None:
+    """Calibrate in a fresh process with this one's torch threads; it writes ``path``.
+
+    A failure is logged, never raised: the caller then calibrates itself.
+    """
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    cmd = [sys.executable, "-m", "explorer.calibration", "--device", str(device),
+           "--precision", precision, "--threads", str(torch.get_num_threads()),
+           "--path", str(path)]
+    try:
+        subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=timeout, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("calibrating in a child process failed (%s); calibrating here", exc)
 
 
 def record(device: str | torch.device, precision: str, work: Work, step_seconds: float,
@@ -293,5 +376,25 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-__all__ = ["calibrate", "calibration_path", "device_key", "idle_clock", "load_throughput",
-           "probe_specs", "record", "record_result"]
+def main(argv: list[str] | None = None) -> int:
+    """``python -m explorer.calibration``: calibrate a device into a calibration file."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="calibrate this device's training speed")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--path")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_throughput(args.device, args.precision, args.path or None)
+    return 0
+
+
+__all__ = ["calibrate", "calibrate_in_child", "calibration_path", "device_key", "idle_clock",
+           "load_throughput", "measure_reference", "probe_specs", "record", "record_result"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

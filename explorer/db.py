@@ -15,7 +15,6 @@ server takes its own connection; the SQLite file has one connection guarded by a
 from __future__ import annotations
 
 import functools
-import os
 import re
 import sqlite3
 import threading
@@ -201,7 +200,9 @@ class PostgresDatabase(Database):
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool, PoolTimeout
 
-        size = max_size or int(os.environ.get("EXPLORER_DB_POOL", "") or POOL_MAX)
+        from explorer import settings
+
+        size = max_size or int(settings.read("EXPLORER_DB_POOL") or POOL_MAX)
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max(1, size), open=False, name="explorer-runs",
             kwargs={"autocommit": True, "row_factory": dict_row},

@@ -15,8 +15,8 @@ recorded since. A run whose work was measured before on this device is estimated
 measurements themselves, other work by the model times its error on the nearest finished runs
 (per-layer efficiency varies: a few conv channels run far below a wide layer's rate on a CPU,
 which a class training LeNet after LeNet soon teaches the estimate). On a CPU shared with other
-work, seconds are kept as on an idle machine and scaled by the slow-down a short probe measures
-now (``cpu_share``).
+work, seconds are kept as at calibration and scaled by the slow-down a short reference kernel
+measures now against its time at calibration (``slow_down``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from explorer import settings
 from explorer.errors import ConfigError
 from explorer.footprint import EVAL_BATCH, DataSizes, activation_profile
 from explorer.layers import meta_pass
@@ -153,7 +153,7 @@ class Record:
 
 
 NEIGHBOURS = 3  # finished runs whose error corrects an estimate of similar work
-NEAR = 0.5  # how similar: distance in decades of (per-batch cost, layers, MACs, elements)
+NEAR = 0.6  # how similar: distance in decades of (per-batch cost, layers, MACs, elements)
 
 
 def _position(features: Sequence[float]) -> tuple[float, ...]:
@@ -165,12 +165,12 @@ class Throughput:
 
     def __init__(self, key: str, records: Sequence[Record], calibrated_at: str = "",
                  share: float = 1.0) -> None:
-        """Args: share: the slow-down the machine's load brings now (``cpu_share``); records
-        hold seconds on an unloaded machine."""
+        """Args: share: the slow-down the machine's load brings now (``slow_down``, or
+        ``cpu_share`` without a reference); records hold seconds as at calibration."""
         if not records:
             raise ValueError("a throughput needs at least one measurement")
         self.key, self.records, self.calibrated_at = key, list(records), calibrated_at
-        self.share = max(1.0, float(share))
+        self.share = min(100.0, max(0.25, float(share)))
         self.coefficients = fit([r.features for r in self.records],
                                 [r.seconds for r in self.records])
 
@@ -184,37 +184,47 @@ class Throughput:
         """What the fitted model alone predicts, on an idle machine."""
         return sum(c * x for c, x in zip(self.coefficients, features, strict=True))
 
-    def seconds(self, features: Sequence[float]) -> float:
-        """Predicted seconds now, learning from finished runs.
+    def seconds(self, features: Sequence[float],
+                like: Sequence[float] | None = None) -> float:
+        """Predicted seconds now, learning from the probes and finished runs.
 
         Earlier runs of exactly this work give their median. Otherwise the model, corrected by
-        how far off it was for the nearest finished runs of similar work (a few conv channels
-        run far below a wide layer's throughput on a CPU; such effects are local).
+        how far off it was for the nearest measurements of similar work, probes and finished
+        runs alike (a few conv channels or a sigmoid run far below a wide layer's throughput on
+        a CPU; such effects are local, and the class-sized probes measure them before the first
+        run). ``like``: the features whose neighbours correct (a test pass is corrected as its
+        network's training steps are: the same layers, at the same efficiency).
         """
         key = tuple(features)
         same = [r.seconds for r in self.records if r.features == key]
         if same:
             return statistics.median(same) * self.share
-        return self.model_seconds(features) * self._correction(key) * self.share
+        where = tuple(like) if like is not None else key
+        return self.model_seconds(features) * self._correction(where) * self.share
 
     def _correction(self, features: tuple[float, ...]) -> float:
-        """Geometric mean of measured/model over the nearest finished runs (1 when none)."""
+        """Geometric mean of measured/model over the nearest measurements, each weighted by
+        the inverse of its distance (the nearest network says most; 1 when none is near)."""
         here = _position(features)
-        near = sorted((math.dist(here, _position(r.features)), r) for r in self.records
-                      if r.source == "run")
-        ratios = [math.log(r.seconds / m) for d, r in near[:NEIGHBOURS] if d <= NEAR
-                  and (m := self.model_seconds(r.features)) > 0]
-        return math.exp(sum(ratios) / len(ratios)) if ratios else 1.0
+        near = sorted(((math.dist(here, _position(r.features)), r) for r in self.records),
+                      key=lambda pair: pair[0])
+        logs = [(1 / (d + 0.05), math.log(r.seconds / m)) for d, r in near[:NEIGHBOURS]
+                if d <= NEAR and (m := self.model_seconds(r.features)) > 0]
+        if not logs:
+            return 1.0
+        return math.exp(sum(w * x for w, x in logs) / sum(w for w, _x in logs))
 
     def epoch_seconds(self, work: Work) -> float:
         """One epoch: its training steps and its test pass."""
         steps = min(work.steps_per_epoch, work.total_steps)
-        return steps * self.seconds(work.step_features()) + self.seconds(work.eval_features())
+        step = work.step_features()
+        return steps * self.seconds(step) + self.seconds(work.eval_features(), like=step)
 
     def run_seconds(self, work: Work) -> float:
         """The whole run: every step, and the test pass after each epoch."""
-        return (work.total_steps * self.seconds(work.step_features())
-                + work.epochs * self.seconds(work.eval_features()))
+        step = work.step_features()
+        return (work.total_steps * self.seconds(step)
+                + work.epochs * self.seconds(work.eval_features(), like=step))
 
 
 _share_cache: list[float] = []  # [measured at (perf_counter), share]
@@ -238,6 +248,69 @@ def cpu_share(sample_s: float = 0.1, max_age_s: float = 15.0) -> float:
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
     share = max(1.0, wall / cpu) if cpu > 0 else 1.0
     _share_cache[:] = [time.perf_counter(), share]
+    return share
+
+
+def _reference_step() -> Any:
+    """One training step of a fixed small LeNet at batch 128 (forward, backward, SGD): the
+    reference kernel, on the same code paths as a class's runs."""
+    from explorer.models import build
+    from explorer.specs import LeNetSpec
+
+    gen = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):  # the initial weights leave torch's generator be
+        model = build(LeNetSpec(input_shape=(1, 16, 16), conv_channels=(4, 8), kernel_size=3,
+                                hidden=(32,)))
+    x = torch.rand(128, 1, 16, 16, generator=gen)
+    y = torch.randint(0, 10, (128,), generator=gen)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=False)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def reference_seconds(sample_s: float = 0.2, clock: Any = time.perf_counter) -> float:
+    """Seconds per step of the reference kernel by ``clock``: the median of three windows of
+    ``sample_s / 3`` of wall time each (a burst of other work in one window does not count).
+
+    The calibration times it by CPU time beside the probes (``explorer.calibration``); timed by
+    the wall clock now, the ratio of the two is the slow-down a run would see (``slow_down``).
+    It leaves torch's global generator as it was.
+    """
+    step = _reference_step()
+    step()  # allocations and kernel choice, once
+    windows = []
+    for _ in range(3):
+        n, start, wall0 = 0, clock(), time.perf_counter()
+        while time.perf_counter() - wall0 < sample_s / 3 or n < 2:
+            step()
+            n += 1
+        windows.append((clock() - start) / n)
+    return statistics.median(windows)
+
+
+_slow_cache: dict[float, tuple[float, float]] = {}  # reference → (measured at, slow-down)
+
+
+def slow_down(reference_s: float, sample_s: float = 0.2, max_age_s: float = 15.0) -> float:
+    """How much slower than at calibration a run goes now: the reference kernel's wall time now
+    over its CPU time at calibration (``reference_s``).
+
+    Both the time the machine's other work takes from a run (which ``cpu_share`` sees) and the
+    slower CPU time of every step when that work competes for caches and memory (which it does
+    not) enter it; the calibration's probes were timed under the same conditions as
+    ``reference_s``, so what contention they saw cancels. Between 0.25 and 100; cached.
+    """
+    now = time.perf_counter()
+    cached = _slow_cache.get(reference_s)
+    if cached and now - cached[0] < max_age_s:
+        return cached[1]
+    share = min(100.0, max(0.25, reference_seconds(sample_s) / reference_s))
+    _slow_cache[reference_s] = (time.perf_counter(), share)
     return share
 
 
@@ -298,17 +371,7 @@ def estimate_run(spec: SpecBase, config: Any, data: DataSizes,
 
 def budget_seconds() -> float:
     """The longest run the server accepts: $EXPLORER_RUN_BUDGET_S, else ten minutes."""
-    setting = os.environ.get(BUDGET_ENV, "").strip()
-    if not setting:
-        return DEFAULT_BUDGET_S
-    try:
-        value = float(setting)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{BUDGET_ENV} must be a positive number of seconds, got "
-                          f"{setting[:40]!r}.")
-    return value
+    return float(settings.read(BUDGET_ENV))  # type: ignore[arg-type]
 
 
 def _cheaper_input(est: RunEstimate, budget: float) -> tuple[SpecBase, float] | None:
@@ -434,5 +497,6 @@ def with_classes(spec: SpecBase, num_classes: int) -> SpecBase:
 
 __all__ = ["BUDGET_ENV", "DEFAULT_BUDGET_S", "Record", "RunEstimate", "Throughput", "Work",
            "budget_seconds", "check_budget", "check_classes", "cpu_share", "duration_text",
+           "reference_seconds", "slow_down",
            "epoch_sentence", "estimate_epoch_seconds", "estimate_run", "fit", "head_option",
            "run_work", "with_classes"]

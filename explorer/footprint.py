@@ -26,18 +26,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from explorer import settings
 from explorer.errors import ConfigError
 from explorer.models import BUILDERS
 from explorer.specs import SpecBase
 
 EVAL_BATCH = 256  # explorer.training.EVAL_BATCH: evaluation batches are at least this large
-MEMORY_ENV = "EXPLORER_RUN_MEMORY_BYTES"
+MEMORY_ENV = "EXPLORER_RUN_MEMORY_BYTES"  # read through explorer.settings
 # Of the machine's memory, shared by the local workers. The rest is for the server and the OS,
 # and covers what a process holds beyond this estimate: bench/bench_estimate.py measured the
 # resident memory's rise at 1.1-1.5 times the estimated peak (allocator slack, oneDNN buffers).
 RAM_FRACTION = 0.5
 CUDA_CONTEXT_BYTES = 600 * 2**20  # what each process's CUDA context and kernels take on a GPU
 GPU_USABLE_FRACTION = 0.9  # fragmentation and the caching allocator's slack
+GPU_SLOTS_CAP = 8  # worker processes per GPU by default, at most
+MB = 10**6  # the megabytes of the settings and of the sentences
 
 
 @dataclass(frozen=True)
@@ -253,27 +256,24 @@ def machine_memory_bytes() -> int:
     return total
 
 
-def available_memory(device: str | torch.device = "cpu", slots: int = 1) -> int:
+def available_memory(device: str | torch.device = "cpu", slots: int = 1) -> int | None:
     """Bytes one run may use: $EXPLORER_RUN_MEMORY_BYTES, else a share of the device's memory.
 
     On the CPU: half the machine's memory divided among ``slots`` local workers; on CUDA: the
-    free memory ``torch.cuda.mem_get_info`` reports now, divided among ``slots``.
+    GPU's whole budget for runs (``plan_gpu``), since a run alone on it may use all of it (its
+    workers start a run only when it fits beside the others); None when this machine has no
+    GPU to read (a Ray cluster's GPUs are elsewhere: their dispatcher sizes runs itself).
     """
-    setting = os.environ.get(MEMORY_ENV, "").strip()
-    if setting:
-        try:
-            value = int(float(setting))
-        except ValueError:
-            value = 0
-        if value <= 0:
-            raise ConfigError(f"{MEMORY_ENV} must be a positive number of bytes, got "
-                              f"{setting[:40]!r}.")
-        return value
+    setting = settings.read(MEMORY_ENV)
+    if setting is not None:
+        return int(setting)
     dev = torch.device(device)
     slots = max(1, int(slots))
     if dev.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(dev)
-        return free // slots
+        from explorer.system import gpu_memory
+
+        memory = gpu_memory()
+        return plan_gpu(memory[dev.index or 0]).budget if memory else None
     return int(machine_memory_bytes() * RAM_FRACTION) // slots
 
 
@@ -289,7 +289,53 @@ def gpu_slots(total_bytes: int, footprints: Sequence[Footprint]) -> int:
     return max(1, int(total_bytes * GPU_USABLE_FRACTION // largest))
 
 
+@functools.lru_cache(maxsize=1)
+def typical_run_bytes() -> int:
+    """The footprint of a class's typical run: course LeNet-5 at the default settings on the
+    offline digits (4,000 training and 1,000 test images of 1×28×28), in bf16 as on a GPU."""
+    from explorer.registry import get_preset
+    from explorer.training import TrainConfig
+
+    spec = get_preset("course_lenet5").spec
+    return estimate_footprint(spec, TrainConfig(), DataSizes(4000, 1000, (1, 28, 28), 10),
+                              "bf16").peak_bytes
+
+
+@dataclass(frozen=True)
+class GpuPlan:
+    """How one GPU is shared: its worker processes and the memory their runs may hold."""
+
+    slots: int  # worker processes (runs at once at most)
+    budget: int  # bytes the runs on it may hold together (CUDA contexts and reserve excluded)
+
+
+def plan_gpu(total_bytes: int, typical_bytes: int | None = None,
+             cores: int | None = None) -> GpuPlan:
+    """Slots and run budget of a GPU of ``total_bytes``, from the server's settings.
+
+    The budget is $EXPLORER_GPU_MEMORY_MB when set; else the GPU's memory less a reserve
+    ($EXPLORER_GPU_RESERVE_MB, default a tenth: fragmentation, the caching allocator's slack)
+    and less each worker's CUDA context. The slots are $EXPLORER_GPU_SLOTS when set; else as
+    many typical runs (``typical_run_bytes``, each with its context) as the memory holds, at
+    most GPU_SLOTS_CAP and one per CPU core (each worker's Python drives its GPU work).
+    """
+    typical = max(1, int(typical_bytes or typical_run_bytes()))
+    cap = max(1, min(GPU_SLOTS_CAP, cores or os.cpu_count() or 1))
+    fixed_slots = settings.read("EXPLORER_GPU_SLOTS") or settings.read("EXPLORER_SLOTS")
+    memory_mb = settings.read("EXPLORER_GPU_MEMORY_MB")
+    if memory_mb is not None:
+        budget = int(memory_mb * MB)
+        slots = fixed_slots or max(1, min(cap, budget // typical))
+        return GpuPlan(int(slots), budget)
+    reserve_mb = settings.read("EXPLORER_GPU_RESERVE_MB")
+    reserve = int(reserve_mb * MB) if reserve_mb is not None else int(total_bytes * 0.1)
+    usable = max(0, int(total_bytes) - reserve)
+    slots = fixed_slots or max(1, min(cap, usable // (typical + CUDA_CONTEXT_BYTES)))
+    return GpuPlan(int(slots), max(0, usable - int(slots) * CUDA_CONTEXT_BYTES))
+
+
 __all__ = ["ActivationProfile", "DataSizes", "Footprint", "activation_profile",
-           "available_memory", "check_memory", "estimate_footprint", "gpu_slots",
+           "GpuPlan", "available_memory", "check_memory", "estimate_footprint", "gpu_slots",
+           "plan_gpu", "typical_run_bytes",
            "largest_batch", "machine_memory_bytes", "memory_sentence", "optimizer_slots",
            "param_counts"]

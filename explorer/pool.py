@@ -16,10 +16,12 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from explorer.errors import ConfigError
+from explorer import settings
+from explorer.footprint import MB
 from explorer.runs import RunStore
 from explorer.worker import STOP_EXIT
 
@@ -32,34 +34,40 @@ OOM_HINT = ("Most often the machine ran out of memory: lower the batch size or t
 
 @dataclass(frozen=True)
 class Slot:
-    """One worker's place: its device and the torch threads it may use."""
+    """One worker's place: its device, the torch threads it may use, and its device's budget."""
 
     device: str
     threads: int | None = None
+    budget: int | None = None  # bytes the runs on this device may hold together (a GPU's)
 
 
-def default_slots() -> list[Slot]:
-    """Slots from the server's settings: $EXPLORER_SLOTS per device (default: 1 on a CPU with
-    every core, $EXPLORER_GPU_SLOTS = 4 per GPU so that a class's small runs share it).
+def default_slots(gpu_memory: Sequence[int] | None = None,
+                  cores: int | None = None) -> list[Slot]:
+    """Slots from the server's settings and devices.
 
-    CUDA is not initialised here: the server only counts the devices.
+    On a CPU: $EXPLORER_SLOTS workers (default 1, with every core). On each GPU: as many workers
+    as its memory holds runs (``explorer.footprint.plan_gpu``: $EXPLORER_GPU_SLOTS, else sized
+    from the memory, $EXPLORER_GPU_MEMORY_MB, and a typical run's footprint), each with one
+    thread and the GPU's budget, so that a run starts only when it fits beside the others; by
+    default at most one worker per core, the cores shared evenly among the GPUs.
+
+    Args:
+        gpu_memory: total bytes of each GPU (default: the GPUs this machine has, read without
+            initialising CUDA here); ``[]`` for none.
+        cores: CPU cores (default: this machine's).
     """
-    import torch
+    from explorer.footprint import plan_gpu
+    from explorer.system import gpu_memory as machine_gpus
 
-    def count(name: str, default: int) -> int:
-        raw = os.environ.get(name, "")
-        if not raw:
-            return default
-        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 64:
-            raise ConfigError(f"${name} must be a whole number from 1 to 64, got {raw[:20]!r}.")
-        return int(raw)
-
-    if torch.cuda.is_available():
-        per_gpu = count("EXPLORER_GPU_SLOTS", count("EXPLORER_SLOTS", 4))
-        return [Slot(f"cuda:{i}", 1) for i in range(torch.cuda.device_count())
-                for _ in range(per_gpu)]
-    n = count("EXPLORER_SLOTS", 1)
-    cores = os.cpu_count() or 1
+    memory = list(machine_gpus() if gpu_memory is None else gpu_memory)
+    cores = cores or os.cpu_count() or 1
+    if memory:
+        slots = []
+        for i, total in enumerate(memory):
+            plan = plan_gpu(total, cores=max(1, cores // len(memory)))  # the GPUs share the cores
+            slots += [Slot(f"cuda:{i}", 1, plan.budget)] * plan.slots
+        return slots
+    n = settings.read("EXPLORER_SLOTS") or 1
     return [Slot("cpu", max(1, cores // n)) for _ in range(n)]
 
 
@@ -103,6 +111,8 @@ class WorkerPool:
         root = Path(__file__).resolve().parent.parent
         env = os.environ | {"EXPLORER_RUNS_DB": self.db, "PYTHONPATH": os.pathsep.join(
             p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+        if slot.budget is not None:  # the worker claims runs that fit in what its GPU has left
+            env["EXPLORER_GPU_MEMORY_MB"] = f"{max(1.0, slot.budget / MB):.6f}"
         return _Process(slot, subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL), ident)
 
     @property

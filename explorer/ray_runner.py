@@ -30,6 +30,7 @@ from typing import Any
 import ray
 import ray.exceptions as rex
 
+from explorer import settings
 from explorer.errors import ConfigError
 from explorer.pool import OOM_HINT, Slot
 from explorer.runs import RunStore
@@ -47,19 +48,6 @@ NODE_GONE = "the machine training it left the Ray cluster"
 WORKER_GONE = "its Ray worker process died"
 
 
-def _number(name: str, default: float, low: float, high: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not low <= value <= high:
-        raise ConfigError(f"${name} must be a number from {low:g} to {high:g}, got {raw[:20]!r}.")
-    return value
-
-
 @dataclass(frozen=True)
 class Settings:
     """What one run asks of the cluster (from the environment, see ``Settings.from_env``)."""
@@ -71,10 +59,10 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         """$EXPLORER_RAY_GPU_FRACTION, $EXPLORER_RAY_GPU_MEMORY_GB and $EXPLORER_RAY_CPUS."""
-        memory = _number(GPU_MEMORY_ENV, 0.0, 0.0, 1e6)
-        return cls(gpu_fraction=_number(GPU_FRACTION_ENV, 0.25, MIN_GPU_FRACTION, 1.0),
+        memory = float(settings.read(GPU_MEMORY_ENV) or 0.0)
+        return cls(gpu_fraction=float(settings.read(GPU_FRACTION_ENV)),  # type: ignore[arg-type]
                    gpu_memory=int(memory * 2**30) or None,
-                   cpus=_number(CPUS_ENV, 1.0, 0.01, 1024.0))
+                   cpus=float(settings.read(CPUS_ENV)))  # type: ignore[arg-type]
 
 
 def gpu_fraction(footprint: int | None, gpu_memory: int | None, default: float) -> float:
@@ -153,9 +141,9 @@ def train_run(location: str, run: dict[str, Any], ident: str, device: str,
 
 def _gpu_memory() -> int:
     """Bytes of memory of the GPU this task was given."""
-    import torch
+    from explorer.system import gpu_memory
 
-    return int(torch.cuda.get_device_properties(0).total_memory)
+    return gpu_memory()[0]
 
 
 # Ray must not run a crashed task again by itself: the store decides (settle_worker). A GPU

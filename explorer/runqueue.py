@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -54,15 +55,25 @@ class QueueOps:
     _db: Any
 
     def claim(self, worker: str, device: str, device_type: str,
-              max_footprint: int | None = None) -> dict[str, Any] | None:
+              max_footprint: int | None = None, budget: int | None = None
+              ) -> dict[str, Any] | None:
         """Take the next queued run this worker can train, or None; atomic across processes.
 
         Args:
-            worker: the worker's id, recorded with the run.
+            worker: the worker's id ("host:…"), recorded with the run.
             device: where the worker trains, e.g. ``cuda:0``.
             device_type: ``cpu``, ``cuda`` or ``mps``: runs that ask for it or for ``auto``.
             max_footprint: bytes of device memory the worker may give a run (None: any).
+            budget: bytes of memory the runs on this device of this host may hold together
+                (a GPU shared by several workers; None: no such limit). The next run in the
+                class-fair order starts only when its footprint fits in what the device's
+                running runs leave; until then it waits and no later run overtakes it (a large
+                run is not starved by small ones). A run larger than the whole budget never
+                fits here and is passed over (admission refuses such runs). A run of unknown
+                footprint counts as none: the device's slots alone bound those.
         """
+        if budget is not None:
+            return self._claim_within(worker, device, device_type, max_footprint, int(budget))
         now = time.time()
         limit = -1 if max_footprint is None else int(max_footprint)
         with self._db.tx() as tx:
@@ -73,11 +84,46 @@ class QueueOps:
                 "AND q.wants IN ('auto', ?) AND (? < 0 OR q.footprint IS NULL OR q.footprint <= ?) "
                 f"ORDER BY {_ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED) AND status = 'queued' "
                 "RETURNING id, job", (worker, device, now, now, device_type, limit, limit))
+        return self._claimed(row)
+
+    def _claim_within(self, worker: str, device: str, device_type: str,
+                      max_footprint: int | None, budget: int) -> dict[str, Any] | None:
+        now = time.time()
+        limit = budget if max_footprint is None else min(budget, int(max_footprint))
+        host = worker.split(":", 1)[0] + ":"
+        with self._db.tx() as tx:
+            if getattr(self._db, "kind", "") == "postgresql":
+                # Two workers of one GPU must not both see the same free memory: their claims
+                # on this device take turns (SQLite's single write lock already does this).
+                key = zlib.crc32(f"{host}{device}".encode()) - 2**31
+                tx.execute("SELECT pg_advisory_xact_lock(?)", (key,))
+            row = tx.one(
+                "UPDATE runs SET status = 'running', worker = ?, device = ?, started_at = ?, "
+                "heartbeat = ?, attempts = attempts + 1, error = NULL WHERE id = ("
+                "SELECT q.id FROM runs q WHERE q.status = 'queued' AND q.job IS NOT NULL "
+                "AND q.wants IN ('auto', ?) AND (q.footprint IS NULL OR q.footprint <= ?) "
+                f"ORDER BY {_ORDER} LIMIT 1 FOR UPDATE SKIP LOCKED) AND status = 'queued' "
+                "AND COALESCE(footprint, 0) + (SELECT COALESCE(SUM(r.footprint), 0) FROM runs r "
+                "WHERE r.status = 'running' AND r.device = ? AND substr(r.worker, 1, ?) = ?) <= ? "
+                "RETURNING id, job",
+                (worker, device, now, now, device_type, limit, device, len(host), host, budget))
+        return self._claimed(row)
+
+    def _claimed(self, row: Any) -> dict[str, Any] | None:
         if row is None:
             return None
         run = self.get_run(int(row["id"]))  # type: ignore[attr-defined]
         run["job"] = json.loads(row["job"])
         return run
+
+    def device_load(self, worker: str, device: str) -> tuple[int, int]:
+        """(runs, bytes of their footprints) running on ``device`` of ``worker``'s host."""
+        host = worker.split(":", 1)[0] + ":"
+        with self._db.tx() as tx:
+            row = tx.one("SELECT COUNT(*) AS n, COALESCE(SUM(footprint), 0) AS bytes FROM runs "
+                         "WHERE status = 'running' AND device = ? AND substr(worker, 1, ?) = ?",
+                         (device, len(host), host))
+        return int(row["n"]), int(row["bytes"])
 
     def beat(self, run_id: int, worker: str) -> bool:
         """Record that ``worker`` is alive and training ``run_id``; True when the run must stop

@@ -28,11 +28,11 @@ from torch import nn
 
 from explorer.data import BatchTransform, ImageDataset
 from explorer.errors import ConfigError
+from explorer.system import DEVICES, resolve_device  # noqa: F401 (resolve_device: public here too)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 INITS = ("default", "xavier", "kaiming")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 EVAL_BATCH = 256  # evaluation needs no gradients, so it can use larger batches than training
 
@@ -112,34 +112,6 @@ def _number(name: str, value: object, low: float, high: float, hint: str,
 def _integer(name: str, value: object, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """The torch.device for ``auto|cpu|cuda|cuda:N|mps``; one this machine lacks is an error."""
-    if isinstance(name, torch.device):
-        name = str(name)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {name!r}.") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but this machine has no CUDA GPU; "
-                          "choose auto or cpu.")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r} does not exist: this machine has "
-                          f"{torch.cuda.device_count()} CUDA GPU(s).")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' was asked for but this machine has no Apple GPU; "
-                          "choose auto or cpu.")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {name!r}.")
-    return dev
 
 
 def native_bf16(device: torch.device) -> bool:

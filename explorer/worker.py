@@ -32,7 +32,8 @@ from explorer.errors import ConfigError
 from explorer.estimate import run_work
 from explorer.footprint import DataSizes
 from explorer.runs import RunStore, StoreCallback
-from explorer.training import TrainConfig, resolve_device, train
+from explorer.system import resolve_device
+from explorer.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5  # how often an idle worker looks for a queued run
@@ -44,6 +45,13 @@ STOP_EXIT = 3  # exit status of a worker that ended itself to stop a run
 
 
 DatasetCache = OrderedDict[tuple[str, str, bool], ImageDataset]  # the two last used
+
+
+def _gpu_budget(device: torch.device) -> int:
+    """The bytes the runs on this GPU may hold together (``explorer.footprint.plan_gpu``)."""
+    from explorer.footprint import plan_gpu
+
+    return plan_gpu(int(torch.cuda.get_device_properties(device).total_memory)).budget
 
 
 def worker_id() -> str:
@@ -61,15 +69,22 @@ class Worker:
             worker's run).
         parent: the pool's pid; the worker ends when that process is gone.
         max_footprint: bytes of device memory one run may need on this worker (None: any).
+        budget: bytes the runs on this worker's device (of this host) may hold together; a run
+            starts only when its footprint fits beside them. Default: on a GPU its budget from
+            the settings (``explorer.footprint.plan_gpu``; the pool sets it), on a CPU none.
         datasets: the loaded datasets to reuse (a Ray worker process keeps one cache across
             the runs it trains); None: the worker's own.
     """
 
     def __init__(self, store: RunStore, device: str = "auto", ident: str | None = None,
                  parent: int | None = None, max_footprint: int | None = None,
-                 datasets: DatasetCache | None = None) -> None:
+                 datasets: DatasetCache | None = None, budget: int | None = None) -> None:
         self.store = store
         self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # One name per GPU in the store: its runs' footprints are summed by it.
+            self.device = torch.device("cuda", 0)
+        self.budget = budget
         self.ident = ident or worker_id()
         self.parent = parent
         self.max_footprint = max_footprint
@@ -86,11 +101,13 @@ class Worker:
     def serve(self, max_runs: int | None = None) -> int:
         """Claim and train runs; returns how many ran. An idle worker polls every POLL_S."""
         done = 0
+        if self.budget is None and self.device.type == "cuda":
+            self.budget = _gpu_budget(self.device)
         while not self._quit.is_set() and not self.orphaned():
             if max_runs is not None and done >= max_runs:
                 break
             run = self.store.claim(self.ident, str(self.device), self.device.type,
-                                   self.max_footprint)
+                                   self.max_footprint, self.budget)
             if run is None:
                 self._quit.wait(POLL_S)
                 continue

@@ -1,6 +1,7 @@
 """Cost and memory estimates before Start: work, the time model's fit, budget, memory, classes."""
 
 import json
+import math
 import random
 import time
 import types
@@ -129,6 +130,19 @@ def test_nearby_runs_correct_the_model():
     assert th.model_seconds(wide) == pytest.approx(10.0, rel=0.05)
 
 
+def test_the_nearer_of_two_similar_runs_corrects_more():
+    probes = macs_only(1e9).records  # exact: the model's error on them is 1
+    here = (1.0, 7.0, 1e8, 3e6)
+    near = (1.0, 7.0, 1e8 * 10**0.1, 3e6)  # a tenth of a decade away (MACs)
+    far = (1.0, 7.0, 1e8, 3e6 * 10**0.4)  # four tenths away (elements)
+    th = Throughput("test", [*probes, Record(near, 0.4), Record(far, 0.05)])
+    e_near, e_far = 0.4 / th.model_seconds(near), 0.05 / th.model_seconds(far)
+    assert e_near > 1 > e_far
+    # Weights 1/(0.1 + 0.05) and 1/(0.4 + 0.05): the near run counts three times the far one.
+    want = math.exp((3 * math.log(e_near) + math.log(e_far)) / 4)
+    assert th.seconds(here) == pytest.approx(th.model_seconds(here) * want, rel=1e-6)
+
+
 def test_cpu_share_measures_the_slow_down(monkeypatch):
     monkeypatch.setattr(estimate_module, "_share_cache", [])
     real = time.perf_counter
@@ -141,6 +155,22 @@ def test_cpu_share_measures_the_slow_down(monkeypatch):
 
     monkeypatch.setattr(time, "thread_time", no_probe)
     assert cpu_share(sample_s=0.02) == pytest.approx(2.0, rel=0.05)  # cached
+
+
+def test_slow_down_is_the_reference_kernels_wall_time_over_its_calibrated_cpu_time(monkeypatch):
+    monkeypatch.setattr(estimate_module, "_slow_cache", {})
+    monkeypatch.setattr(estimate_module, "reference_seconds", lambda sample_s: 0.003)
+    # 3 ms per iteration now, 1 ms of CPU time at calibration: runs go 3 times slower.
+    assert estimate_module.slow_down(0.001) == pytest.approx(3.0)
+    # A machine less loaded than at calibration: faster, down to a quarter at most.
+    assert estimate_module.slow_down(0.006) == pytest.approx(0.5)
+    assert estimate_module.slow_down(0.1) == 0.25
+
+    def no_probe(sample_s):
+        raise AssertionError("measured again within max_age_s")
+
+    monkeypatch.setattr(estimate_module, "reference_seconds", no_probe)
+    assert estimate_module.slow_down(0.001) == pytest.approx(3.0)  # cached
 
 
 def test_epoch_sentence():
@@ -193,7 +223,7 @@ def test_budget_setting(monkeypatch):
 def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     path = tmp_path / "throughput.json"
     first = calibration.load_throughput("cpu", "fp32", path=path)
-    assert len(first.records) == len(calibration.probe_specs()) == 5
+    assert len(first.records) == len(calibration.probe_specs()) == 7
     assert all(r.source == "probe" for r in first.records)
     assert all(r.seconds > 0 for r in first.records) and first.calibrated_at
 
@@ -210,7 +240,7 @@ def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     result = types.SimpleNamespace(device="cpu", precision="fp32", elapsed_s=20.0, epoch_metrics=[
         {"images_per_s": 256.0, "eval_time_s": 2.0, "test_acc": 0.9}])
     calibration.record_result(work, result, path=path, idle_seconds=10.0)
-    monkeypatch.setattr(calibration, "cpu_share", lambda: 1.5)  # the slow-down now
+    monkeypatch.setattr(calibration, "slow_down", lambda _ref: 1.5)  # the slow-down now
     refined = calibration.load_throughput("cpu", "fp32", path=path)
     assert refined.seconds(work.step_features()) == pytest.approx(0.25 * 1.5)
     assert refined.seconds(work.eval_features()) == pytest.approx(1.0 * 1.5)
@@ -218,6 +248,28 @@ def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     data = json.loads(path.read_text())
     (entry,) = data["devices"].values()
     assert len(entry["runs"]) == 2 and entry["runs"][0]["at"]
+
+
+def test_the_server_calibrates_in_a_child_process_and_reads_its_file(tmp_path, monkeypatch):
+    path = tmp_path / "throughput.json"
+
+    def refuse(*_args):
+        raise AssertionError("calibrated in the server's own process")
+
+    monkeypatch.setattr(calibration, "calibrate", refuse)
+    th = calibration.load_throughput("cpu", "fp32", path=path, in_child=True)
+    assert len(th.records) == 7 and all(r.source == "probe" for r in th.records)
+    (entry,) = json.loads(path.read_text())["devices"].values()
+    assert entry["probe_version"] == calibration.PROBE_VERSION
+    # The same threads as this process: the file's key is this process's.
+    assert calibration.device_key("cpu", "fp32") in json.loads(path.read_text())["devices"]
+
+
+def test_each_probe_keeps_the_fastest_of_its_repeats(monkeypatch):
+    times = iter([0.30, 0.10, 0.20] * 7)  # a busy machine only ever adds time
+    monkeypatch.setattr(calibration, "_probe_seconds", lambda *_a: next(times))
+    records = calibration.calibrate("cpu", "fp32", repeats=3)
+    assert [r.seconds for r in records] == [0.10] * 7
 
 
 def test_an_unwritable_calibration_file_fails_nothing(tmp_path, caplog):
@@ -239,10 +291,10 @@ def test_calibration_file_lies_beside_the_run_store(monkeypatch, tmp_path):
 def test_a_damaged_calibration_file_is_recalibrated(tmp_path, monkeypatch):
     path = tmp_path / "throughput.json"
     path.write_text("{not json")
-    probes = [Record((1.0, 3.0, 1e6, 1e3), 0.01, "probe")] * 5
+    probes = [Record((1.0, 3.0, 1e6, 1e3), 0.01, "probe")] * 7
     monkeypatch.setattr(calibration, "calibrate", lambda *_a: probes)
     th = calibration.load_throughput("cpu", "fp32", path=path)
-    assert [r.seconds for r in th.records] == [0.01] * 5
+    assert [r.seconds for r in th.records] == [0.01] * 7
     assert calibration.load_throughput("cpu", "bf16", path=path,
                                        calibrate_if_missing=False) is None
 
