@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from explorer.bn_lab import StoredBNRecorder, choose_every  # noqa: E402
+from explorer.bn.stored import StoredBNRecorder, choose_every  # noqa: E402
 from explorer.data import load_dataset  # noqa: E402
 from explorer.models import build  # noqa: E402
 from explorer.registry import get_preset  # noqa: E402

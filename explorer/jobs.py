@@ -66,7 +66,7 @@ def job_callbacks(store: RunStore, run_id: int, job: Mapping[str, Any],
                                                dataset=job.get("dataset"))]
     recorder = job.get("recorder")
     if isinstance(recorder, Mapping):
-        from explorer.bn_lab import StoredBNRecorder
+        from explorer.bn.stored import StoredBNRecorder
 
         # Saved every 2 s so that the Batch norm page, which reads the store, follows the run.
         callbacks.append(StoredBNRecorder(store, run_id, every=int(recorder["every"]),

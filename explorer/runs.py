@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics(run_id, kind, step);
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    name TEXT NOT NULL,         -- e.g. bn_stats (explorer.bn_lab)
+    name TEXT NOT NULL,         -- e.g. bn_stats (explorer.bn.stored)
     data BLOB NOT NULL,
     PRIMARY KEY (run_id, name)
 );

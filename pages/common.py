@@ -209,16 +209,14 @@ def get_pool():
 def get_manager():
     """The server's view of the training queue (runs are rows of the store that the worker
     processes claim), shared by all users; starts the local workers."""
-    import os
-
+    from explorer import settings
     from explorer.jobs import JobManager
     from explorer.pool import default_slots
     from explorer.runs import RunStore
 
     pool = get_pool()
     slots = pool.slots if pool is not None else default_slots()
-    raw = os.environ.get("EXPLORER_RUNS_PER_VISITOR", "1")
-    per_visitor = int(raw) if raw.isascii() and raw.isdigit() and int(raw) > 0 else 1
+    per_visitor = int(settings.read("EXPLORER_RUNS_PER_VISITOR"))
     return JobManager(RunStore(), [s.device for s in slots], max_active=per_visitor)
 
 
@@ -356,48 +354,6 @@ def one_of(options: Iterable[str]) -> Callable[[str], str]:
             raise ValueError(raw)
         return raw
     return read
-
-
-# ---- Hand-kept widget state: used only by pages/bn_lab.py, which is being moved to Streamlit's
-# persist_state and bind="query-params" (see ``bound``); delete these three after that merge. ----
-
-
-def restore_widgets(saved_key: str) -> bool:
-    """Put back the widget values saved under ``saved_key`` that Streamlit dropped.
-
-    Streamlit deletes a widget's state when a run does not draw it (another page ran, or a
-    mode hid it); a page saves its values each run and calls this first. False on a first run.
-    """
-    saved = st.session_state.get(saved_key)
-    if not saved:
-        return False
-    for key, value in saved.items():
-        if key not in st.session_state:
-            st.session_state[key] = value
-    return True
-
-
-def drawn(saved_key: str, key: str) -> str:
-    """``key``, noted as a widget this run draws (pass it as the widget's key)."""
-    st.session_state.setdefault(f"{saved_key}.drawn", set()).add(key)
-    return key
-
-
-def save_widgets(saved_key: str, keys: Iterable[str]) -> None:
-    """Save ``keys``' values under ``saved_key`` at the end of a run, for ``restore_widgets``.
-
-    A value that code set before its widget was first drawn (a URL's, a default) outlives that
-    widget in Streamlit and comes back, stale, once a run stops drawing the widget; so the keys
-    this run did not draw (see ``drawn``) are deleted here, and the next run restores them from
-    the copy just saved.
-    """
-    state = st.session_state
-    keys = list(keys)
-    state[saved_key] = state.get(saved_key, {}) | {k: state[k] for k in keys if k in state}
-    shown = state.pop(f"{saved_key}.drawn", set())
-    for key in keys:
-        if key not in shown and key in state:
-            del state[key]
 
 
 def write_query(wanted: Mapping[str, str], owned: Callable[[str], bool]) -> None:
