@@ -38,6 +38,13 @@ from explorer.receptive import (
 )
 
 _WEIGHT_FUNCS = CONV_FUNCS | {"linear"}
+# Functions whose output has their first argument's shape and dtype, and whose meta kernels are
+# slow Python decompositions (batch norm: 3/4 of a ResNet-152 capture); an empty tensor of that
+# shape stands for their result.
+_SHAPE_KEEPING = {
+    "batch_norm", "layer_norm", "group_norm", "instance_norm", "relu", "gelu", "silu", "sigmoid",
+    "tanh", "hardswish", "hardsigmoid", "relu6", "elu", "leaky_relu", "mish",
+}
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
@@ -149,7 +156,12 @@ class _Capture(TorchFunctionMode):
         kwargs = kwargs or {}
         first = args[0] if args else None
         args, kwargs = tree_map_only(torch.Tensor, _meta, (args, kwargs))
-        out = func(*args, **kwargs)
+        name = _fn_name(func)
+        if name in _SHAPE_KEEPING and isinstance(first, torch.Tensor) \
+                and not kwargs.get("inplace"):
+            out = torch.empty_like(args[0])
+        else:
+            out = func(*args, **kwargs)
         if (out is args[0] if args else False) and isinstance(first, torch.Tensor) \
                 and first is not out:
             # An in-place op on a real tensor (a buffer: ``self.calls += 1``) ran on its meta
@@ -157,7 +169,7 @@ class _Capture(TorchFunctionMode):
             # model's attribute to a meta tensor.
             out = first
         if self.depth == 0 and _tensors(out):
-            self.add("call_function", _fn_name(func), args, kwargs,
+            self.add("call_function", name, args, kwargs,
                      self._inputs((args, kwargs)), out)
         return out
 
