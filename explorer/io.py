@@ -242,6 +242,9 @@ def export_runs(store: Any, run_ids: list[int], with_weights: bool = False,
 
 def _read_member(zf: Any, info: Any, limit: int, shown: str) -> bytes:
     """A zip member's bytes, read in chunks and refused past ``limit`` whatever its header says."""
+    if info.file_size > limit:  # what it declares; zipfile never reads past that
+        raise ConfigError(f"{shown}: {info.filename} holds {_size_text(info.file_size)}, more "
+                          f"than the {_size_text(limit)} it may; export the runs again.")
     out = bytearray()
     try:
         with zf.open(info) as f:

@@ -26,7 +26,7 @@ from explorer.bounded import literal, parse_id
 from explorer.cost import check_spec
 from explorer.errors import ConfigError
 from explorer.forms import form_fields
-from explorer.io import read_runs, read_specs, spec_from_link
+from explorer.io import import_runs_file, read_specs, spec_from_link
 from explorer.runs import RunStore
 from explorer.specs import SPEC_TYPES, coerce_field, spec_from_query
 
@@ -90,10 +90,9 @@ def uploaded_spec(data: bytes, name: str):
 
 
 def imported_runs(data: bytes, name: str, store: RunStore):
-    items = answers(read_runs, data, name)
-    if isinstance(items, ConfigError):
-        return items
-    ids = answers(store.import_runs, items)
+    """The Train page's import: a runs .json, or a .zip with weights (io.import_runs_file)."""
+    result = answers(import_runs_file, store, data, name)
+    ids = result if isinstance(result, ConfigError) else result[0]
     if not isinstance(ids, ConfigError):
         for run_id in ids:  # the Train page's live panel draws what was imported
             steps = store.metrics(run_id, "step")
