@@ -185,7 +185,14 @@ def hypothesis_cases(r: Runner, examples: int) -> None:
         r.case("run import (hypothesis zip)", repr(data),
                lambda: fz.imported_runs(data, "runs.zip", r.store()))
 
-    for fn in (links, pastes, specs, ids, zips):
+    @sample
+    @given(fz.zip_mutations)
+    def mutated_zips(mutation: tuple[list[tuple[float, int]], float]) -> None:
+        data = fz.mutate(fz.exported_zip(), *mutation)
+        r.case("run import (mutated export zip)", repr(mutation),
+               lambda: fz.imported_runs(data, "runs.zip", r.store()))
+
+    for fn in (links, pastes, specs, ids, zips, mutated_zips):
         fn()
 
 
