@@ -7,9 +7,10 @@ the receptive-field graph was captured per thread, every analysis held one proce
 - ``serial``: the old behaviour, emulated by one lock around ``analyze`` (what the code held);
 - ``concurrent``: what the code does now (no global lock; one lock per model object).
 
-In each, a large analysis starts in one thread; once it is running, the LeNet-5 analysis is asked
-for in another, and its wait (from asking to its result) is timed. ``lenet_alone_s`` is the same
-analysis with nothing beside it; ``large_alone_s`` the large one's. Medians over ``--repeats``.
+In each, a large analysis starts in one thread; once its real forward pass has begun, the LeNet-5
+analysis is asked for in another, and its wait (from asking to its result) is timed.
+``lenet_alone_s`` is the same analysis with nothing beside it; ``large_alone_s`` the large one's.
+Medians over ``--repeats``.
 
 Usage: python bench/bench_analysis_concurrency.py [--large densenet121] [--size 224] [--repeats 3]
 """
@@ -45,9 +46,18 @@ def lenet5() -> nn.Sequential:
 
 
 def one_round(large: nn.Module, shape: tuple[int, int, int],
-              lock: contextlib.AbstractContextManager, delay: float) -> dict[str, float]:
-    """Start the large analysis, ask for the LeNet one ``delay`` s later; time both."""
+              lock: contextlib.AbstractContextManager) -> dict[str, float]:
+    """Start the large analysis; once its real forward pass (torchinfo's, the costly part) has
+    begun, ask for the LeNet one in this thread; time both."""
     out: dict[str, float] = {}
+    running = threading.Event()
+    first = next(m for m in large.modules() if not list(m.children()))
+
+    def signal(_m: nn.Module, args: tuple) -> None:
+        if args and args[0].device.type != "meta":
+            running.set()
+
+    handle = first.register_forward_pre_hook(signal)
 
     def big() -> None:
         t = time.perf_counter()
@@ -57,12 +67,13 @@ def one_round(large: nn.Module, shape: tuple[int, int, int],
 
     thread = threading.Thread(target=big)
     thread.start()
-    time.sleep(delay)
+    running.wait(600)
     t = time.perf_counter()
     with lock:
         analyze(lenet5(), (1, 28, 28))
     out["lenet_wait_s"] = time.perf_counter() - t
     thread.join()
+    handle.remove()
     return out
 
 
@@ -84,11 +95,10 @@ def main() -> None:
 
     large_alone = [timed(lambda: analyze(large, shape)) for _ in range(args.repeats)]
     lenet_alone = [timed(lambda: analyze(lenet5(), (1, 28, 28))) for _ in range(args.repeats)]
-    delay = 0.1 * statistics.median(large_alone)  # the large one is well under way
     rounds: dict[str, list[dict[str, float]]] = {"serial": [], "concurrent": []}
     for _ in range(args.repeats):  # alternate, so that the machine's load hits both alike
-        rounds["serial"].append(one_round(large, shape, threading.Lock(), delay))
-        rounds["concurrent"].append(one_round(large, shape, contextlib.nullcontext(), delay))
+        rounds["serial"].append(one_round(large, shape, threading.Lock()))
+        rounds["concurrent"].append(one_round(large, shape, contextlib.nullcontext()))
 
     def med(kind: str, key: str) -> float:
         return round(statistics.median(r[key] for r in rounds[kind]), 3)
@@ -98,7 +108,6 @@ def main() -> None:
         "large": f"{args.large} at {shape[0]}×{shape[1]}×{shape[2]}",
         "large_alone_s": round(statistics.median(large_alone), 3),
         "lenet_alone_s": round(statistics.median(lenet_alone), 3),
-        "lenet_asked_after_s": round(delay, 3),
         "serial": {"lenet_wait_s": serial, "large_s": med("serial", "large_s")},
         "concurrent": {"lenet_wait_s": concurrent, "large_s": med("concurrent", "large_s")},
         "wait_ratio_serial_over_concurrent": round(serial / concurrent, 1),
