@@ -195,7 +195,6 @@ def read_runs(data: bytes | str, filename: str = "runs.json") -> list[dict[str, 
 RUNS_ZIP_JSON = "runs.json"
 _ZIP_MAGIC = b"PK\x03\x04"
 _WEIGHTS_MEMBER = re.compile(r"^weights/run-(\d{1,3})\.safetensors$")
-_CHUNK = 1 << 20
 
 
 def runs_export_name(with_weights: bool) -> tuple[str, str]:
@@ -215,50 +214,67 @@ def export_runs(store: Any, run_ids: list[int], with_weights: bool = False,
     import io as _io
     import zipfile
 
-    from explorer.weights import WeightsLimits, weights_path
+    from explorer.weights import weights_path
 
     exports = [store.export_run(i) for i in run_ids]
     if not with_weights:
         return runs_to_json(exports)
-    limits = limits or WeightsLimits.from_env()
+    problem = weights_export_problem(store, run_ids, limits)
+    if problem:
+        raise ConfigError(problem)
     files = [weights_path(store, i) for i in run_ids]
     sizes = [p.stat().st_size if p.is_file() else 0 for p in files]
-    if sum(sizes) > limits.per_run:
-        biggest = max(range(len(run_ids)), key=sizes.__getitem__)
-        raise ConfigError(
-            f"the weights of these {len(run_ids)} run(s) come to {_size_text(sum(sizes))} "
-            f"(run #{run_ids[biggest]}'s alone {_size_text(sizes[biggest])}); an export carries at "
-            f"most {_size_text(limits.per_run)} of weights, so export fewer runs at once, or "
-            f"without their weights.")
     buffer = _io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:  # weights barely compress
         for k, (export, path, size) in enumerate(zip(exports, files, sizes, strict=True), 1):
-            export["weights"] = f"weights/run-{k}.safetensors" if size else None
+            blob = None
             if size:
-                zf.write(path, export["weights"])
+                try:
+                    blob = path.read_bytes()
+                except FileNotFoundError:  # evicted since (its note says so): export without
+                    blob = None
+            export["weights"] = f"weights/run-{k}.safetensors" if blob else None
+            if blob:
+                zf.writestr(export["weights"], blob)
         zf.writestr(RUNS_ZIP_JSON, runs_to_json(exports))
     return buffer.getvalue()
 
 
 def _read_member(zf: Any, info: Any, limit: int, shown: str) -> bytes:
-    """A zip member's bytes, read in chunks and refused past ``limit`` whatever its header says."""
-    if info.file_size > limit:  # what it declares; zipfile never reads past that
+    """A zip member's bytes, refused past ``limit`` before anything is decompressed."""
+    if info.file_size > limit:  # what it declares; zipfile never reads past that (nor a bomb)
         raise ConfigError(f"{shown}: {info.filename} holds {_size_text(info.file_size)}, more "
                           f"than the {_size_text(limit)} it may; export the runs again.")
-    out = bytearray()
     try:
         with zf.open(info) as f:
-            while chunk := f.read(_CHUNK):
-                out += chunk
-                if len(out) > limit:
-                    raise ConfigError(f"{shown}: {info.filename} holds more than "
-                                      f"{_size_text(limit)}; export the runs again.")
-    except ConfigError:
-        raise
-    except Exception:  # zlib.error, BadZipFile, NotImplementedError (encrypted, odd methods)
+            out = f.read(info.file_size + 1)
+    except Exception:  # zlib.error, BadZipFile (bad CRC), NotImplementedError (encrypted, ...)
         raise ConfigError(f"{shown}: {info.filename} cannot be read from the zip; export the "
                           f"runs again.") from None
-    return bytes(out)
+    if len(out) > limit:  # cannot happen with zipfile as it is; kept as the bound's last word
+        raise ConfigError(f"{shown}: {info.filename} holds more than {_size_text(limit)}; "
+                          f"export the runs again.")
+    return out
+
+
+def weights_export_problem(store: Any, run_ids: list[int], limits: Any = None) -> str | None:
+    """Why these runs cannot be exported with their weights (one sentence), or None if they can.
+
+    The weights in one export may total the per-run limit (EXPLORER_WEIGHTS_MAX_RUN_MB), what one
+    import may keep; the Train page shows the sentence instead of the download.
+    """
+    from explorer.weights import WeightsLimits, weights_path
+
+    limits = limits or WeightsLimits.from_env()
+    files = [weights_path(store, i) for i in run_ids]
+    sizes = [p.stat().st_size if p.is_file() else 0 for p in files]
+    if sum(sizes) <= limits.per_run:
+        return None
+    biggest = max(range(len(run_ids)), key=sizes.__getitem__)
+    return (f"The weights of these {len(run_ids)} run(s) come to {_size_text(sum(sizes))} "
+            f"(run #{run_ids[biggest]}'s alone {_size_text(sizes[biggest])}); an export carries "
+            f"at most {_size_text(limits.per_run)} of weights, so export fewer runs at once, or "
+            f"without their weights.")
 
 
 def read_runs_file(data: bytes | str, filename: str = "runs.json", limits: Any = None
@@ -280,7 +296,7 @@ def read_runs_file(data: bytes | str, filename: str = "runs.json", limits: Any =
 
     limits = limits or WeightsLimits.from_env()
     shown = PurePath(filename or "the file").name
-    if len(raw) > MAX_RUNS_BYTES + limits.per_run + _CHUNK:
+    if len(raw) > MAX_RUNS_BYTES + limits.per_run + 2**20:  # + the zip's own headers
         raise ConfigError(f"{shown} is {_size_text(len(raw))}; a runs file with weights is at "
                           f"most {_size_text(MAX_RUNS_BYTES + limits.per_run)}.")
     try:
@@ -375,4 +391,4 @@ def import_runs_file(store: Any, data: bytes | str, filename: str = "runs.json",
 
 
 __all__ += ["RUNS_FORMAT", "export_runs", "import_runs_file", "read_runs", "read_runs_file",
-            "runs_export_name", "runs_to_json"]
+            "runs_export_name", "runs_to_json", "weights_export_problem"]

@@ -266,12 +266,16 @@ def test_a_run_exported_with_weights_imports_elsewhere_with_the_same_logits(tmp_
 
 
 def test_an_export_over_the_weights_limit_is_refused_with_a_sentence(tmp_path):
-    from explorer.io import export_runs
+    from explorer.io import export_runs, weights_export_problem
 
     _, _, store, run_id = _trained_run(tmp_path, "course_lenet5")
     size = weights_path(store, run_id).stat().st_size
+    small = WeightsLimits(per_run=size - 1)
     with pytest.raises(ConfigError, match=r"export fewer runs at once, or without their weights"):
-        export_runs(store, [run_id], with_weights=True, limits=WeightsLimits(per_run=size - 1))
+        export_runs(store, [run_id], with_weights=True, limits=small)
+    # The page asks first, and shows the same sentence instead of the download.
+    assert "export fewer runs" in weights_export_problem(store, [run_id], small)
+    assert weights_export_problem(store, [run_id], WeightsLimits(per_run=size)) is None
     assert export_runs(store, [run_id], with_weights=True, limits=WeightsLimits(per_run=size))
 
 
@@ -311,7 +315,7 @@ def test_a_hostile_runs_zip_is_one_sentence_and_stores_nothing(tmp_path):
                                       "do not fit its network"),
         "a zip bomb": (_zip({"runs.json": runs_json,
                              "weights/run-1.safetensors": b"\x00" * (11 * MB)},
-                            zipfile.ZIP_DEFLATED), "holds more than"),
+                            zipfile.ZIP_DEFLATED), r"holds 10.5 MiB, more than the 9.5 MiB it may"),
         "a path outside": (_zip({"runs.json": runs_json.replace(
             b"weights/run-1.safetensors", b"../../etc/passwd")}), "must name its file"),
         "too many files": (_zip({"runs.json": runs_json,
