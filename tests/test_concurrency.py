@@ -151,3 +151,25 @@ def test_an_analysis_changes_nothing_another_thread_sees():
     assert seen["spy"] == ["ones", "add"]  # this thread's two calls, nothing of the other
     assert nn.Module.__call__ is call and nn.Module.__getattr__ is getattr_
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in held_model.modules())
+
+
+def test_inspecting_one_model_does_not_hold_up_another():
+    from explorer.inspect import run_image
+
+    gate = Gate()
+    held = nn.Sequential(nn.Conv2d(1, 2, 3), gate, nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    thread = threading.Thread(target=lambda: run_image(held, torch.zeros(1, 8, 8)))
+    thread.start()
+    assert gate.entered.wait(60)  # the first inspection is inside its forward pass
+    try:
+        torch.manual_seed(0)
+        other = lenet5()
+        x = torch.randn(1, 28, 28)
+        logits = run_image(other, x).logits
+        done_while_held = not gate.release.is_set() and thread.is_alive()
+    finally:
+        gate.release.set()
+        thread.join(60)
+    assert done_while_held  # one global inspection lock would have made this wait
+    with torch.no_grad():
+        assert torch.equal(logits, other.eval()(x[None])[0])  # the model's own forward pass
