@@ -50,6 +50,7 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 _LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+_UNHASHABLE = threading.RLock()  # shared by models that cannot be dictionary keys (rare)
 
 
 def model_lock(model: nn.Module) -> threading.RLock:
@@ -60,9 +61,12 @@ def model_lock(model: nn.Module) -> threading.RLock:
     between them, so one visitor's large analysis never waits for another's.
     """
     with _LOCKS_GUARD:  # held only for the lookup
-        lock = _LOCKS.get(model)
-        if lock is None:
-            lock = _LOCKS[model] = threading.RLock()
+        try:
+            lock = _LOCKS.get(model)
+            if lock is None:
+                lock = _LOCKS[model] = threading.RLock()
+        except TypeError:  # a module class that defines __eq__ without __hash__
+            lock = _UNHASHABLE
         return lock
 
 
