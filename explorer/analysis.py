@@ -1,17 +1,17 @@
-"""Layer table, totals and exact receptive fields of a CNN (d2l 7.1-8.7; torchinfo; torch.fx).
+"""Layer table, totals and exact receptive fields of a CNN (d2l 7.1-8.7; torchinfo).
 
 ``analyze`` runs torchinfo once (one real forward pass at batch 1, in eval mode) for output shapes,
-parameters and multiply-adds, and traces the model with ``torch.fx`` to follow every path of the
-data-flow graph, so that receptive fields stay exact through residual additions and Inception or
+parameters and multiply-adds, and captures the model's data-flow graph on the meta device to
+follow every path, so that receptive fields stay exact through residual additions and Inception or
 DenseNet concatenations (``explorer.rfgraph``; the rules and what the network's receptive field
-means are in ``explorer.receptive``).
+means are in ``explorer.receptive``). Nothing process-wide is locked or patched: analyses of
+different models run at the same time; one model object is analysed by one thread at a time.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -25,7 +25,7 @@ import torchinfo.torchinfo as torchinfo_impl
 from torch import nn
 
 from explorer.errors import ConfigError
-from explorer.rfgraph import GraphRF, graph_rf, record, sequential_rf, trace
+from explorer.rfgraph import GraphRF, capture, graph_rf, model_lock, sequential_rf
 
 MACS_CONVENTIONS = """\
 Multiply-adds (MACs) are counted per image, in two conventions:
@@ -46,11 +46,6 @@ MACS_NOTE = (
     "Linear and BatchNorm parameters once); macs_lecture/total_macs_lecture: lecture convention "
     "(conv C_out×H'×W'×C_in/groups×Kh×Kw, linear in×out, no bias, everything else 0)."
 )
-
-# One analysis at a time: the run flips eval mode and adds hooks, and fx tracing patches
-# nn.Module.__call__ process-wide while it runs (see explorer.rfgraph._ThreadTracer).
-_LOCK = threading.Lock()
-
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no single truth value
 class Analysis:
@@ -157,44 +152,27 @@ def _run(model: nn.Module, modules: dict[str, nn.Module],
          shape: tuple[int, int, int]) -> tuple[list[Any], GraphRF]:
     """torchinfo's forward pass plus the receptive fields, in eval mode, model left as it was."""
     device, dtype = _device_dtype(model)
-    graph, reason = None, ""
-    recorded: dict[str, list[Any]] = {}
-    handles = []
-    with _LOCK, _Untouched(model):
+    nodes, reason = None, ""
+    with model_lock(model), _Untouched(model):
         try:
-            graph = trace(model)
-        except Exception as exc:  # data-dependent control flow, untraceable Python, ...
-            reason = _reason("torch.fx tracing", exc)
+            nodes = capture(model, torch.empty((1, *shape), dtype=dtype, device="meta"))
+        except Exception as exc:  # a forward that reads tensor values, untraceable Python, ...
+            reason = _reason("capturing the data-flow graph", exc)
         try:
-            if graph is not None:
-                for node in graph.nodes:
-                    if node.op == "call_module" and node.target not in recorded:
-                        outs: list[Any] = []
-                        recorded[node.target] = outs
-
-                        def hook(_m: nn.Module, _i: Any, out: Any, _outs: list = outs) -> None:
-                            _outs.append(record(out))
-
-                        handles.append(modules[node.target].register_forward_hook(hook))
-            try:
-                summary = _torchinfo(model, shape, device, dtype)
-            except RuntimeError as exc:
-                cause = exc.__cause__ or exc
-                msg = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
-                c, h, w = shape
-                raise ConfigError(
-                    f"the model cannot run on a {c}×{h}×{w} input ({msg}); check that "
-                    f"input_shape is (channels, height, width) as the model expects and that the "
-                    f"image is large enough for its downsampling layers.") from None
-        finally:
-            for h in handles:
-                h.remove()
-    if graph is not None:
+            summary = _torchinfo(model, shape, device, dtype)
+        except RuntimeError as exc:
+            cause = exc.__cause__ or exc
+            msg = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
+            c, h, w = shape
+            raise ConfigError(
+                f"the model cannot run on a {c}×{h}×{w} input ({msg}); check that "
+                f"input_shape is (channels, height, width) as the model expects and that the "
+                f"image is large enough for its downsampling layers.") from None
+    if nodes is not None:
         try:
-            meta_input = torch.empty((1, *shape), dtype=dtype, device="meta")
-            return summary, graph_rf(model, modules, graph, recorded, meta_input)
+            return summary, graph_rf(modules, nodes)
         except Exception as exc:
-            reason = _reason("following the traced graph", exc)
+            reason = _reason("following the captured graph", exc)
     return summary, sequential_rf(summary, reason)
 
 

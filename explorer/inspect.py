@@ -3,7 +3,9 @@
 What CNN Explainer shows for its one Tiny-VGG (Wang et al. 2020), for any network the explorer
 builds: forward hooks on the named modules record each layer's output in execution order, under
 their stable names (``stem.conv``, ``stage2.block1``, ``head.fc``). The model is run in eval mode
-and its train/eval flags are restored; nothing is reseeded. The receptive-field side lives in
+and its train/eval flags are restored; nothing is reseeded. Hooks live on the module objects, so
+one model object is inspected by one thread at a time (``explorer.rfgraph.model_lock``); other
+models, other visitors, are not held up. The receptive-field side lives in
 ``explorer.inspect_rf``; the figures in ``explorer.inspect_charts``.
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,10 +23,8 @@ from torch import nn
 
 from explorer.data import BatchTransform, ImageDataset
 from explorer.errors import ConfigError
+from explorer.rfgraph import model_lock
 
-# Hooks live on the module object, so two threads inspecting one shared (cached) model at once
-# would record each other's layers; one inspection at a time per process.
-LOCK = threading.RLock()
 EVAL_BATCH = 256  # images per batch over a test set (no gradients, so larger than training's)
 
 
@@ -103,7 +102,7 @@ def run_image(model: nn.Module, x: torch.Tensor, keep_maps: bool = True,
                 maps[key] = out[0].detach().clone()
         return hook
 
-    with LOCK, eval_mode(model), torch.no_grad():
+    with model_lock(model), eval_mode(model), torch.no_grad():
         if keep_maps:
             handles = [modules[n].register_forward_hook(make_hook(n)) for n in names]
         try:
@@ -255,7 +254,7 @@ def evaluate(model: nn.Module, dataset: ImageDataset, input_shape: Sequence[int]
     transform = BatchTransform(dataset.image_shape, tuple(int(v) for v in input_shape),
                                dataset.mean, dataset.std, device)
     preds, confs = [], []
-    with LOCK, eval_mode(model), torch.no_grad():
+    with model_lock(model), eval_mode(model), torch.no_grad():
         for start in range(0, len(labels), batch_size):
             logits = model(transform(images[start:start + batch_size].to(device)))
             if logits.shape[1] < dataset.num_classes:
@@ -273,6 +272,6 @@ def evaluate(model: nn.Module, dataset: ImageDataset, input_shape: Sequence[int]
     return Evaluation(labels.numpy().astype(np.int64), pred.astype(np.int64), conf, classes)
 
 
-__all__ = ["EVAL_BATCH", "LOCK", "Evaluation", "Forward", "activation_stats", "as_batch",
+__all__ = ["EVAL_BATCH", "Evaluation", "Forward", "activation_stats", "as_batch",
            "eval_mode", "evaluate", "first_conv", "paint_cells", "pixels_from_array",
            "pixels_from_file", "predict", "prepare", "run_image"]

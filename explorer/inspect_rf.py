@@ -26,7 +26,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from explorer.errors import ConfigError
-from explorer.inspect import LOCK, as_batch, eval_mode
+from explorer.inspect import as_batch, eval_mode
+from explorer.rfgraph import model_lock
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def unit_geometry(model: nn.Module, input_shape: Sequence[int]) -> Geometry:
     x = torch.zeros(1, c, h, w, device="meta")
     meta = {name: torch.empty_like(t, device="meta") for name, t in
             (*model.named_parameters(), *model.named_buffers())}
-    with LOCK, eval_mode(model), torch.no_grad():
+    with model_lock(model), eval_mode(model), torch.no_grad():
         handles = [m.register_forward_hook(make_hook(n)) for n, m in model.named_modules() if n]
         try:
             mode.put(x, LayerGeometry(Axis.identity(h), Axis.identity(w)))
@@ -332,7 +333,7 @@ def effective_rf(model: nn.Module, x: torch.Tensor, layer: str, channel: int, y:
             captured.append(out)
         raise _Stop
 
-    with LOCK, eval_mode(model), torch.enable_grad():
+    with model_lock(model), eval_mode(model), torch.enable_grad():
         handle = modules[layer].register_forward_hook(hook)
         try:
             model(inp)

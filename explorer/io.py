@@ -183,3 +183,212 @@ def read_runs(data: bytes | str, filename: str = "runs.json") -> list[dict[str, 
     if not all(isinstance(item, dict) for item in items):
         raise ConfigError(f"{shown}: every run must be a JSON object.")
     return items
+
+
+# ---- runs with their weights: one zip ---------------------------------------------------------
+#
+# A run's weights are a safetensors file of up to EXPLORER_WEIGHTS_MAX_RUN_MB (200 MB by default);
+# as base64 inside JSON they would grow by a third and be parsed as one giant string, so a runs
+# export with weights is a zip: ``runs.json`` (as ``runs_to_json`` writes it, each run naming its
+# weights member) and ``weights/run-<k>.safetensors`` for the k-th run, stored as they are.
+
+RUNS_ZIP_JSON = "runs.json"
+_ZIP_MAGIC = b"PK\x03\x04"
+_WEIGHTS_MEMBER = re.compile(r"^weights/run-(\d{1,3})\.safetensors$")
+
+
+def runs_export_name(with_weights: bool) -> tuple[str, str]:
+    """(file name, MIME type) of ``export_runs``'s file, for the download button."""
+    return ("runs.zip", "application/zip") if with_weights else ("runs.json", "application/json")
+
+
+def export_runs(store: Any, run_ids: list[int], with_weights: bool = False,
+                limits: Any = None) -> str | bytes:
+    """Runs of ``store`` as a file that ``import_runs_file`` reads, made when it is downloaded.
+
+    Without weights: the JSON text of ``runs_to_json``. With weights: a zip of that JSON and each
+    run's final weights (runs without weights go without, and say so in ``weights``: null). The
+    weights in one export may total the per-run limit (EXPLORER_WEIGHTS_MAX_RUN_MB, what one
+    import may keep); over it, a ConfigError sentence says to export fewer runs or none of them.
+    """
+    import io as _io
+    import zipfile
+
+    from explorer.weights import weights_path
+
+    exports = [store.export_run(i) for i in run_ids]
+    if not with_weights:
+        return runs_to_json(exports)
+    problem = weights_export_problem(store, run_ids, limits)
+    if problem:
+        raise ConfigError(problem)
+    files = [weights_path(store, i) for i in run_ids]
+    sizes = [p.stat().st_size if p.is_file() else 0 for p in files]
+    buffer = _io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:  # weights barely compress
+        for k, (export, path, size) in enumerate(zip(exports, files, sizes, strict=True), 1):
+            blob = None
+            if size:
+                try:
+                    blob = path.read_bytes()
+                except FileNotFoundError:  # evicted since (its note says so): export without
+                    blob = None
+            export["weights"] = f"weights/run-{k}.safetensors" if blob else None
+            if blob:
+                zf.writestr(export["weights"], blob)
+        zf.writestr(RUNS_ZIP_JSON, runs_to_json(exports))
+    return buffer.getvalue()
+
+
+def _read_member(zf: Any, info: Any, limit: int, shown: str) -> bytes:
+    """A zip member's bytes, refused past ``limit`` before anything is decompressed."""
+    if info.file_size > limit:  # what it declares; zipfile never reads past that (nor a bomb)
+        raise ConfigError(f"{shown}: {info.filename} holds {_size_text(info.file_size)}, more "
+                          f"than the {_size_text(limit)} it may; export the runs again.")
+    try:
+        with zf.open(info) as f:
+            out = f.read(info.file_size + 1)
+    except Exception:  # zlib.error, BadZipFile (bad CRC), NotImplementedError (encrypted, ...)
+        raise ConfigError(f"{shown}: {info.filename} cannot be read from the zip; export the "
+                          f"runs again.") from None
+    if len(out) > limit:  # cannot happen with zipfile as it is; kept as the bound's last word
+        raise ConfigError(f"{shown}: {info.filename} holds more than {_size_text(limit)}; "
+                          f"export the runs again.")
+    return out
+
+
+def weights_export_problem(store: Any, run_ids: list[int], limits: Any = None) -> str | None:
+    """Why these runs cannot be exported with their weights (one sentence), or None if they can.
+
+    The weights in one export may total the per-run limit (EXPLORER_WEIGHTS_MAX_RUN_MB), what one
+    import may keep; the Train page shows the sentence instead of the download.
+    """
+    from explorer.weights import WeightsLimits, weights_path
+
+    limits = limits or WeightsLimits.from_env()
+    files = [weights_path(store, i) for i in run_ids]
+    sizes = [p.stat().st_size if p.is_file() else 0 for p in files]
+    if sum(sizes) <= limits.per_run:
+        return None
+    biggest = max(range(len(run_ids)), key=sizes.__getitem__)
+    return (f"The weights of these {len(run_ids)} run(s) come to {_size_text(sum(sizes))} "
+            f"(run #{run_ids[biggest]}'s alone {_size_text(sizes[biggest])}); an export carries "
+            f"at most {_size_text(limits.per_run)} of weights, so export fewer runs at once, or "
+            f"without their weights.")
+
+
+def read_runs_file(data: bytes | str, filename: str = "runs.json", limits: Any = None
+                   ) -> tuple[list[dict[str, Any]], dict[int, bytes]]:
+    """The runs in an uploaded file and, from a zip, their weights: (runs, {run index: bytes}).
+
+    A .json file is read by ``read_runs``. A zip holds ``runs.json`` and at most one weights file
+    per run; every size is bounded before it is read (the zip's own, each member's as it is
+    decompressed, the weights' total by the per-run limit), so a zip bomb or a huge upload costs
+    a sentence, not memory.
+    """
+    from explorer.weights import WeightsLimits
+
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    if not raw.startswith(_ZIP_MAGIC):
+        return read_runs(raw, filename), {}
+    import io as _io
+    import zipfile
+
+    limits = limits or WeightsLimits.from_env()
+    shown = PurePath(filename or "the file").name
+    if len(raw) > MAX_RUNS_BYTES + limits.per_run + 2**20:  # + the zip's own headers
+        raise ConfigError(f"{shown} is {_size_text(len(raw))}; a runs file with weights is at "
+                          f"most {_size_text(MAX_RUNS_BYTES + limits.per_run)}.")
+    try:
+        zf = zipfile.ZipFile(_io.BytesIO(raw))
+        infos = zf.infolist()
+    except Exception:  # BadZipFile, a broken central directory, ...
+        raise ConfigError(f"{shown} is not a runs file that can be read (a broken zip); "
+                          f"download the runs from the Train page again.") from None
+    with zf:
+        if len(infos) > MAX_RUNS + 1:
+            raise ConfigError(f"{shown} holds {len(infos):,} files; a runs zip holds "
+                              f"{RUNS_ZIP_JSON} and at most {MAX_RUNS} weights files.")
+        by_name = {i.filename: i for i in infos}
+        if RUNS_ZIP_JSON not in by_name:
+            raise ConfigError(f"{shown} holds no {RUNS_ZIP_JSON}; download the runs from the "
+                              f"Train page again.")
+        items = read_runs(_read_member(zf, by_name[RUNS_ZIP_JSON], MAX_RUNS_BYTES, shown),
+                          f"{shown}/{RUNS_ZIP_JSON}")
+        weights: dict[int, bytes] = {}
+        total = 0
+        for k, item in enumerate(items, 1):
+            ref = item.pop("weights", None)
+            if ref is None:
+                continue
+            if not isinstance(ref, str) or not _WEIGHTS_MEMBER.match(ref) \
+                    or ref not in by_name or int(_WEIGHTS_MEMBER.match(ref).group(1)) != k:
+                raise ConfigError(f"{shown}: run {k}'s 'weights' must name its file "
+                                  f"weights/run-{k}.safetensors in the zip, not "
+                                  f"{shown_value(ref)}.")
+            blob = _read_member(zf, by_name[ref], limits.per_run - total, shown)
+            total += len(blob)
+            weights[k - 1] = blob
+    return items, weights
+
+
+def shown_value(value: Any) -> str:
+    """A short, quoted rendering of a value from a file, for a message."""
+    from explorer.bounded import shown as _shown
+
+    return _shown(value)
+
+
+def _check_weights_fit(blob: bytes, spec_dict: Any, where: str) -> None:
+    """Refuse weights that are not safetensors or do not fit the run's own network."""
+    from explorer.cost import meta_model
+    from explorer.specs import spec_from_dict
+    from explorer.weights import weights_from_bytes
+
+    got = weights_from_bytes(blob, f"{where}'s weights").state_dict
+    try:  # built on the meta device, within the layer limit: names and shapes, no allocation
+        want = meta_model(spec_from_dict(dict(spec_dict))).state_dict()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: its spec is invalid ({exc})") from None
+    except (RecursionError, TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{where}: its spec cannot be read.") from None
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(want) & set(got)
+                   if tuple(want[k].shape) != tuple(got[k].shape) or want[k].dtype != got[k].dtype)
+    if missing or extra or wrong:
+        first = (missing or extra or wrong)[0]
+        what = "lack" if missing else "have an extra" if extra else "have a wrong shape for"
+        raise ConfigError(f"{where}'s weights do not fit its network (they {what} "
+                          f"{shown_value(first)}); export the run again.")
+
+
+def import_runs_file(store: Any, data: bytes | str, filename: str = "runs.json",
+                     session: str | None = None, limits: Any = None
+                     ) -> tuple[list[int], list[str]]:
+    """Import an uploaded runs file (JSON, or a zip with weights): (new run ids, sentences).
+
+    Everything is checked before anything is stored: the runs by ``RunStore.import_runs`` (all
+    or none) and each run's weights (safetensors that fit the run's network). The weights are
+    then kept under the new ids within the server's limits (``explorer.weights``); a refusal or
+    an eviction is one of the returned sentences, never a silent loss.
+    """
+    from explorer.weights import WeightsLimits, store_weights_bytes
+
+    limits = limits or WeightsLimits.from_env()
+    items, weights = read_runs_file(data, filename, limits)
+    shown = PurePath(filename or "the file").name
+    for k, blob in weights.items():
+        spec = items[k].get("spec") if isinstance(items[k], dict) else None
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{shown}: run {k + 1} has weights but no spec.")
+        _check_weights_fit(blob, spec, f"{shown}, run {k + 1}")
+    ids = store.import_runs(items, session=session)
+    notes: list[str] = []
+    for k, blob in weights.items():
+        notes.extend(store_weights_bytes(blob, store, ids[k], limits=limits).notes)
+    return ids, notes
+
+
+__all__ += ["RUNS_FORMAT", "export_runs", "import_runs_file", "read_runs", "read_runs_file",
+            "runs_export_name", "runs_to_json", "weights_export_problem"]

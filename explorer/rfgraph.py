@@ -1,26 +1,31 @@
-"""Receptive fields on a model's torch.fx graph, exact through adds and concatenations.
+"""Receptive fields on a model's data-flow graph, exact through adds and concatenations.
 
-The model is traced with ``torch.fx`` so that every path of the data-flow graph is followed
-(residual additions, Inception and DenseNet concatenations, squeeze-excitation products). The
-spatial sizes the rules need come from the real forward pass that ``explorer.analysis`` runs:
-hooks record each leaf module's output as a meta tensor, and the few functions between modules
-(add, cat, flatten, permute, ...) are replayed on the meta device, where they cost no arithmetic.
-When tracing fails, the leaf layers are followed as one chain in execution order instead.
+The graph is captured by one forward pass on the meta device (shapes, no arithmetic) under a
+``torch.overrides.TorchFunctionMode``, which records every torch function and tensor method
+called between layers (add, cat, flatten, F.max_pool2d, permute, ...) with the nodes its tensors
+came from; forward hooks on the model's own modules mark where each layer starts and ends, and a
+layer from ``torch.nn`` (other than a container) is one opaque node, as torch.fx would make it.
+Nothing process-wide is touched: a function mode lives on a per-thread stack, the hooks act only
+in the capturing thread and are removed afterwards, and the weights are read, never replaced
+(each is passed to the meta kernels as a meta copy). So two visitors' analyses can run at once,
+beside training (torch.fx's tracer patches ``nn.Module.__call__`` for the whole process, which
+is why this module no longer uses it). When the capture fails (a forward that reads tensor
+values), the leaf layers are followed as one chain in execution order instead.
 The rules themselves are in ``explorer.receptive``.
 """
 
 from __future__ import annotations
 
-import operator
 import threading
-from collections import OrderedDict, defaultdict
-from collections.abc import Callable
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.fx as fx
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map_only
 
 from explorer.receptive import (
@@ -33,70 +38,220 @@ from explorer.receptive import (
 )
 
 _WEIGHT_FUNCS = CONV_FUNCS | {"linear"}
-# Element-wise ops: with inputs of one shape the output has that shape too.
-_SAME_SHAPE_OPS = {
-    "add", "iadd", "add_", "sub", "isub", "sub_", "mul", "imul", "mul_", "truediv", "div",
-    "relu", "relu_", "relu6", "sigmoid", "sigmoid_", "tanh", "tanh_", "gelu", "silu", "elu",
-    "leaky_relu", "hardswish", "hardsigmoid", "hardtanh", "dropout", "contiguous", "clone",
+# Functions whose output has their first argument's shape and dtype, and whose meta kernels are
+# slow Python decompositions (batch norm: 3/4 of a ResNet-152 capture); an empty tensor of that
+# shape stands for their result.
+_SHAPE_KEEPING = {
+    "batch_norm", "layer_norm", "group_norm", "instance_norm", "relu", "gelu", "silu", "sigmoid",
+    "tanh", "hardswish", "hardsigmoid", "relu6", "elu", "leaky_relu", "mish",
 }
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    for leaf in tree_flatten(value)[0]:
-        if isinstance(leaf, torch.Tensor):
-            return leaf
-    return None
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+_UNHASHABLE = threading.RLock()  # shared by models that cannot be dictionary keys (rare)
 
 
-class _Meta:
-    """A module output recorded during the real forward pass: its size, strides and dtype.
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The lock of one model object: one analysis or inspection of it at a time.
 
-    A meta tensor is made from it only when a function between modules needs one as input.
+    Hooks and train/eval flags live on the module objects, so two threads running one shared
+    (cached) model at once would record each other's layers; two different models need no lock
+    between them, so one visitor's large analysis never waits for another's.
     """
-
-    __slots__ = ("shape", "stride", "dtype", "_tensor")
-
-    def __init__(self, t: torch.Tensor):
-        self.shape, self.stride, self.dtype = tuple(t.shape), t.stride(), t.dtype
-        self._tensor: torch.Tensor | None = None
-
-    def tensor(self) -> torch.Tensor:
-        if self._tensor is None:
-            self._tensor = torch.empty_strided(self.shape, self.stride, dtype=self.dtype,
-                                               device="meta")
-        return self._tensor
+    with _LOCKS_GUARD:  # held only for the lookup
+        try:
+            lock = _LOCKS.get(model)
+            if lock is None:
+                lock = _LOCKS[model] = threading.RLock()
+        except TypeError:  # a module class that defines __eq__ without __hash__
+            lock = _UNHASHABLE
+        return lock
 
 
-def record(value: Any) -> Any:
-    """What a forward hook keeps of a module's output: sizes only, no data."""
-    if type(value) is torch.Tensor:
-        return _Meta(value)
-    return _to_meta(value)
+def _tensors(value: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
-    if isinstance(value, _Meta):
-        return value.shape
-    t = _first_tensor(value)
-    return None if t is None else tuple(t.shape)
+    ts = _tensors(value)
+    return None if not ts else tuple(ts[0].shape)
 
 
-def _to_meta(value: Any) -> Any:
-    return tree_map_only(
-        torch.Tensor,
-        lambda t: torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device="meta"),
-        value)
+def _meta(t: torch.Tensor) -> torch.Tensor:
+    return t if t.device.type == "meta" else t.to("meta")
+
+
+def is_leaf(m: nn.Module) -> bool:
+    """torch.fx's default leaf rule: a layer from torch.nn that is not a container."""
+    return (m.__module__.startswith(("torch.nn", "torch.ao.nn"))
+            and not isinstance(m, _CONTAINERS))
+
+
+def _fn_name(func: Callable[..., Any]) -> str:
+    """"conv2d", "max_pool2d", "add" (for Tensor.__add__), "view", ...: what the rules key on."""
+    name = getattr(func, "__name__", str(func))
+    if name.startswith("__") and name.endswith("__") and len(name) > 4:
+        return name[2:-2]
+    return name.lstrip("_")
+
+
+class Node:
+    """One value of the captured graph: the input, a layer's call, a function's call, the output.
+
+    ``op`` is "input", "call_module" (``target``: the layer's qualified name), "call_function"
+    (``target``: the function's name) or "output"; ``stack`` maps each enclosing module call's
+    key ("layer1.0", "layer1.0.relu@1" for its second call) to its qualified name.
+    """
+
+    __slots__ = ("index", "op", "target", "args", "kwargs", "inputs", "value", "stack")
+
+    def __init__(self, index: int, op: str, target: str, args: Sequence[Any],
+                 kwargs: dict[str, Any], inputs: list[Node], value: Any,
+                 stack: dict[str, str]):
+        self.index, self.op, self.target = index, op, target
+        self.args, self.kwargs, self.inputs = tuple(args), kwargs, inputs
+        self.value, self.stack = value, stack
+
+    @property
+    def all_input_nodes(self) -> list[Node]:
+        return self.inputs
+
+    def __repr__(self) -> str:
+        return f"Node({self.index}, {self.op}, {self.target})"
+
+
+class _Capture(TorchFunctionMode):
+    """Runs the forward pass on meta tensors and records its graph, in the calling thread only."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.modules = modules
+        self.nodes: list[Node] = []
+        self.node_of: dict[int, Node] = {}  # id(tensor) -> the node that last produced it
+        self.alive: list[torch.Tensor] = []  # keeps every noted tensor, so no id is reused
+        self.stack: list[tuple[str, str]] = []  # (key, path) of the module calls in progress
+        self.calls: dict[str, int] = defaultdict(int)
+        self.depth = 0  # > 0 inside an opaque layer, whose inner operations are not recorded
+        self.leaf_inputs: list[Node] = []
+
+    def _inputs(self, tree: Any) -> list[Node]:
+        seen: dict[int, Node] = {}
+        for t in _tensors(tree):
+            n = self.node_of.get(id(t))
+            if n is not None:
+                seen.setdefault(n.index, n)
+        return list(seen.values())
+
+    def add(self, op: str, target: str, args: Sequence[Any], kwargs: dict[str, Any],
+            inputs: list[Node], value: Any) -> Node:
+        node = Node(len(self.nodes), op, target, args, kwargs, inputs, value, dict(self.stack))
+        self.nodes.append(node)
+        for t in _tensors(value):
+            self.node_of[id(t)] = node
+            self.alive.append(t)
+        return node
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any,
+                           args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+                           ) -> Any:
+        kwargs = kwargs or {}
+        first = args[0] if args else None
+        args, kwargs = tree_map_only(torch.Tensor, _meta, (args, kwargs))
+        name = _fn_name(func)
+        if name in _SHAPE_KEEPING and isinstance(first, torch.Tensor) \
+                and not kwargs.get("inplace"):
+            out = torch.empty_like(args[0])
+        else:
+            out = func(*args, **kwargs)
+        if (out is args[0] if args else False) and isinstance(first, torch.Tensor) \
+                and first is not out:
+            # An in-place op on a real tensor (a buffer: ``self.calls += 1``) ran on its meta
+            # copy; hand back the real one, unchanged, so that the forward does not rebind the
+            # model's attribute to a meta tensor.
+            out = first
+        if self.depth == 0 and _tensors(out):
+            self.add("call_function", name, args, kwargs,
+                     self._inputs((args, kwargs)), out)
+        return out
+
+    def hooks(self, path: str) -> tuple[Callable[..., None], Callable[..., None]]:
+        """A forward pre-hook and hook for the module named ``path`` (inert in other threads)."""
+        leaf = is_leaf(self.modules[path])
+
+        def before(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if threading.get_ident() != self.thread:
+                return
+            if self.depth > 0:
+                self.depth += 1
+                return
+            k = self.calls[path]
+            self.calls[path] += 1
+            self.stack.append((path if k == 0 else f"{path}@{k}", path))
+            if leaf:
+                self.leaf_inputs = self._inputs((args, kwargs))
+                self.leaf_args = tree_map_only(torch.Tensor, _meta, (args, kwargs))
+                self.depth = 1
+
+        def after(_m: nn.Module, _args: tuple[Any, ...], _kwargs: dict[str, Any],
+                  output: Any) -> None:
+            if threading.get_ident() != self.thread:
+                return
+            if self.depth > 1:
+                self.depth -= 1
+                return
+            if self.depth == 1:
+                self.depth = 0
+                args, kwargs = self.leaf_args
+                self.add("call_module", path, args, kwargs, self.leaf_inputs, output)
+            if self.stack:
+                self.stack.pop()
+
+        return before, after
+
+
+def capture(model: nn.Module, input_meta: torch.Tensor) -> list[Node]:
+    """The model's data-flow graph from one forward pass of ``input_meta`` on the meta device.
+
+    The model must be in the mode wanted (``explorer.analysis`` sets eval mode); nothing of it
+    is changed (hooks are added and removed). Raises what the forward pass raises, e.g. for a
+    forward that reads tensor values (``if x.sum() > 0``), which meta tensors do not have.
+    """
+    modules = dict(model.named_modules())
+    cap = _Capture(modules)
+    handles = []
+    # A forward may assign to its attributes (``self.state = x``); whatever it assigns here is
+    # a meta tensor, so every module's parameters and buffers are put back as they were.
+    state = [(m, dict(m._parameters), dict(m._buffers)) for m in modules.values()]
+    try:
+        for path, m in modules.items():
+            if path:
+                before, after = cap.hooks(path)
+                handles.append(m.register_forward_pre_hook(before, with_kwargs=True))
+                handles.append(m.register_forward_hook(after, with_kwargs=True,
+                                                       always_call=True))
+        cap.add("input", "input", (), {}, [], input_meta)
+        with torch.no_grad(), cap:
+            out = model(input_meta)
+        cap.add("output", "output", (), {}, cap._inputs(out), out)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, params, buffers in state:
+            m._parameters.update(params)
+            m._buffers.update(buffers)
+    return cap.nodes
 
 
 @dataclass
 class GraphRF:
-    """Receptive fields on the fx graph (or the fallback chain), looked up by module call."""
+    """Receptive fields on the captured graph (or the fallback chain), looked up by module call."""
 
     fields: dict[Any, Field]
-    last_by_key: dict[str, Any]  # nn_module_stack key ("layer1.0.relu@1") -> its last node
-    key_path: dict[str, str]  # nn_module_stack key -> qualified module name
+    last_by_key: dict[str, Any]  # module-call key ("layer1.0.relu@1") -> its last node
+    key_path: dict[str, str]  # module-call key -> qualified module name
     network: Field | None  # one unit of the last spatial feature map
     where: str  # "output of layer4.1.relu": where that map is
     exact: bool
@@ -121,170 +276,85 @@ class GraphRF:
         return f if f is not None and f.is_map else None
 
 
-class _ThreadTracer(fx.Tracer):
-    """fx's tracer, transparent to other threads.
-
-    While it traces, fx patches ``nn.Module.__call__`` and ``__getattr__`` for the whole process;
-    without this, a training step running in another thread at that moment would fail with
-    "module is not installed as a submodule". Calls from other threads run the module normally.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._owner = threading.get_ident()
-
-    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
-        if threading.get_ident() != self._owner:
-            return forward(*args, **kwargs)
-        return super().call_module(m, forward, args, kwargs)
-
-    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
-        if threading.get_ident() != self._owner:
-            return attr_val
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
-
-    def create_node(self, kind: str, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                    name: str | None = None, type_expr: Any | None = None) -> fx.Node:
-        # The base method's extras (stack traces, mutation checks, preserved meta) are all off
-        # for this tracer; its generic copy of the module stack costs 10% of the trace.
-        node = self.graph.create_node(kind, target, args, kwargs, name, type_expr)
-        if self.module_stack:
-            node.meta["nn_module_stack"] = OrderedDict(self.module_stack)
-        return node
-
-
-def trace(model: nn.Module) -> fx.Graph:
-    """The model's fx graph (Tracer.trace: no GraphModule code generation)."""
-    return _ThreadTracer().trace(model)
-
-
-def _fn_name(node: fx.Node) -> str:
-    """"conv2d", "max_pool2d", "add", "view", ...: the name the rules key on."""
-    if node.op == "call_method":
-        return str(node.target)
-    if node.target is operator.getitem:
-        return "getitem"
-    return getattr(node.target, "__name__", str(node.target)).lstrip("_")
-
-
-def _where(node: fx.Node) -> str:
+def _where(node: Node) -> str:
     """The module (and function) that produced a node: "layer4.1.relu", "stage4.block2 (relu)"."""
-    if node.op == "placeholder":
+    if node.op == "input":
         return "the input image"
     if node.op == "call_module":
-        return str(node.target)
-    stack = node.meta.get("nn_module_stack")
-    inner = str(list(stack.values())[-1][0]) if stack else ""
-    return f"{inner} ({_fn_name(node)})" if inner else _fn_name(node)
+        return node.target
+    inner = list(node.stack.values())[-1] if node.stack else ""
+    return f"{inner} ({node.target})" if inner else node.target
 
 
-def _ancestors(out: fx.Node) -> set[fx.Node]:
+def _ancestors(out: Node) -> set[Node]:
     seen, todo = {out}, [out]
     while todo:
-        for a in todo.pop().all_input_nodes:
+        for a in todo.pop().inputs:
             if a not in seen:
                 seen.add(a)
                 todo.append(a)
     return seen
 
 
-def graph_rf(model: nn.Module, modules: dict[str, nn.Module], graph: fx.Graph,
-             recorded: dict[str, list[Any]], input_meta: torch.Tensor) -> GraphRF:
-    """Walk the traced graph once: replay functions on meta tensors and propagate the fields."""
-    env: dict[fx.Node, Any] = {}
-    fields: dict[fx.Node, Field] = {}
-    longest: dict[fx.Node, int] = {}
-    calls: dict[str, int] = defaultdict(int)
-    last_by_key: dict[str, fx.Node] = {}
+def graph_rf(modules: dict[str, nn.Module], nodes: list[Node]) -> GraphRF:
+    """Propagate the fields along the captured graph (``capture``), in execution order."""
+    fields: dict[Node, Field] = {}
+    longest: dict[Node, int] = {}
+    last_by_key: dict[str, Node] = {}
     key_path: dict[str, str] = {}
-    order: dict[fx.Node, int] = {}
+    order: dict[Node, int] = {}
     inexact_ops: list[str] = []
-    mixed_at: fx.Node | None = None  # where a pooled vector first re-entered a map (SE)
-    first_placeholder = True
+    mixed_at: Node | None = None  # where a pooled vector first re-entered a map (SE)
     weight_types = (nn.modules.conv._ConvNd, nn.Linear)
-    out_node: fx.Node | None = None
+    out_node: Node | None = None
 
-    def materialize(n: fx.Node) -> Any:
-        v = env[n]
-        return v.tensor() if isinstance(v, _Meta) else v
-
-    for index, node in enumerate(graph.nodes):
-        order[node] = index
-        inputs = node.all_input_nodes
+    for node in nodes:
+        order[node] = node.index
+        inputs = node.inputs
         ins = [a for a in inputs if a in fields]
         base, mixed = merge([fields[a] for a in ins])
         longest[node] = max((longest[a] for a in inputs), default=0)
         op = node.op
         f: Field | None = None
-        if op == "call_module":
-            outs, k = recorded[node.target], calls[node.target]
-            calls[node.target] += 1
-            if k >= len(outs):
-                raise RuntimeError(f"module {node.target} ran fewer times than traced")
-            env[node] = outs[k]
-        elif op in ("call_function", "call_method"):
-            args, kwargs = node.args, node.kwargs
-            values = [env[a] for a in inputs]
-            if _fn_name(node) in _SAME_SHAPE_OPS and len({_shape(v) for v in values}) == 1 \
-                    and _shape(values[0]) is not None:
-                # add, relu, ... of equal shapes: skip the meta kernel (the slowest part here)
-                env[node] = values[0]
-            else:
-                args = fx.node.map_arg(node.args, materialize)
-                kwargs = fx.node.map_arg(node.kwargs, materialize)
-                if op == "call_method":
-                    env[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
-                else:
-                    env[node] = node.target(*args, **kwargs)
-        elif op == "placeholder":
-            if first_placeholder:
-                env[node], first_placeholder = input_meta, False
-                f = input_field(input_meta.dim())
-            else:
-                env[node] = node.args[0] if node.args else None
-        elif op == "get_attr":
-            obj: Any = model
-            for atom in str(node.target).split("."):
-                obj = getattr(obj, atom)
-            env[node] = _to_meta(obj)
-        elif op == "output":
+        if op == "output":
             out_node = node
             break
-        out_shape = _shape(env[node]) if base is not None else None
-        # Sizes and other Python values carry no receptive field; tuples of tensors do.
-        if out_shape is not None and base is not None:
-            # The spatial input is the first argument that is still a map (else the first).
-            lead = next((a for a in ins if fields[a].is_map), ins[0])
-            in_shape = _shape(env[lead])
+        if op == "input":
+            f = input_field(node.value.dim())
+        else:
+            out_shape = _shape(node.value) if base is not None else None
+            # Sizes and other Python values carry no receptive field; tuples of tensors do.
+            if out_shape is not None and base is not None:
+                # The spatial input is the first argument that is still a map (else the first).
+                lead = next((a for a in ins if fields[a].is_map), ins[0])
+                in_shape = _shape(lead.value)
+                if op == "call_module":
+                    f, ok = module_rule(modules[node.target], base, in_shape, out_shape)
+                else:
+                    f, ok = function_rule(node.target, node.args, node.kwargs, base, in_shape,
+                                          out_shape)
+                if not ok:
+                    inexact_ops.append(node.target)
+                if mixed and mixed_at is None:
+                    mixed_at = node
             if op == "call_module":
-                f, ok = module_rule(modules[node.target], base, in_shape, out_shape)
-            else:
-                f, ok = function_rule(_fn_name(node), args, kwargs, base, in_shape, out_shape)
-            if not ok:
-                inexact_ops.append(str(node.target))
-            if mixed and mixed_at is None:
-                mixed_at = node
-        if op == "call_module":
-            if isinstance(modules[node.target], weight_types):
+                if isinstance(modules[node.target], weight_types):
+                    longest[node] += 1
+            elif node.target in _WEIGHT_FUNCS:
                 longest[node] += 1
-        elif op == "call_function" and _fn_name(node) in _WEIGHT_FUNCS:
-            longest[node] += 1
         if f is not None:
             fields[node] = f
-            stack = node.meta.get("nn_module_stack")
-            if stack:
-                for key, value in stack.items():
-                    last_by_key[key] = node
-                    key_path[key] = value[0]
+            for key, path in node.stack.items():
+                last_by_key[key] = node
+                key_path[key] = path
     if out_node is None:
-        raise RuntimeError("the traced graph has no output")
+        raise RuntimeError("the captured graph has no output")
     # The last spatial map: the last node (in execution order) that the output depends on and
     # that is still a map. Everything after it is global pooling, flatten or the classifier.
     feeds = _ancestors(out_node)
     maps = [n for n in fields if n in feeds and fields[n].is_map]
     last = max(maps, key=order.__getitem__, default=None)
-    note = "exact, on the torch.fx graph"
+    note = "exact, on the model's data-flow graph"
     if inexact_ops:
         note = ("approximate: these ops change the map's size in a way the rules do not cover: "
                 + ", ".join(sorted(set(inexact_ops))))
@@ -297,7 +367,7 @@ def graph_rf(model: nn.Module, modules: dict[str, nn.Module], graph: fx.Graph,
 
 
 def sequential_rf(summary: list[Any], reason: str) -> GraphRF:
-    """Fallback when tracing fails: follow the leaf layers in execution order as a chain."""
+    """Fallback when the capture fails: follow the leaf layers in execution order as a chain."""
     field_ = input_field(4)
     fields: dict[Any, Field] = {}
     last_by_key: dict[str, Any] = {}
@@ -335,4 +405,4 @@ def sequential_rf(summary: list[Any], reason: str) -> GraphRF:
                    "execution order")
 
 
-__all__ = ["GraphRF", "graph_rf", "record", "sequential_rf", "trace"]
+__all__ = ["GraphRF", "Node", "capture", "graph_rf", "is_leaf", "model_lock", "sequential_rf"]

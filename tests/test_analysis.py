@@ -290,8 +290,8 @@ def test_a_module_called_twice_gets_one_row_per_call():
 
 
 def test_a_model_running_in_another_thread_is_not_disturbed_by_tracing():
-    # torch.fx patches nn.Module.__call__ for the whole process while it traces; a training
-    # step in another thread (the app's worker) must still run normally meanwhile.
+    # The graph capture must leave a training step in another thread alone (torch.fx, used
+    # before, patched nn.Module.__call__ for the whole process while it traced).
     started, done = threading.Event(), threading.Event()
     errors: list[str] = []
 

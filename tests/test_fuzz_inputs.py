@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import time
 import tracemalloc
@@ -26,7 +27,7 @@ from explorer.bounded import literal, parse_id
 from explorer.cost import check_spec
 from explorer.errors import ConfigError
 from explorer.forms import form_fields
-from explorer.io import read_runs, read_specs, spec_from_link
+from explorer.io import import_runs_file, read_specs, spec_from_link
 from explorer.runs import RunStore
 from explorer.specs import SPEC_TYPES, coerce_field, spec_from_query
 
@@ -90,10 +91,9 @@ def uploaded_spec(data: bytes, name: str):
 
 
 def imported_runs(data: bytes, name: str, store: RunStore):
-    items = answers(read_runs, data, name)
-    if isinstance(items, ConfigError):
-        return items
-    ids = answers(store.import_runs, items)
+    """The Train page's import: a runs .json, or a .zip with weights (io.import_runs_file)."""
+    result = answers(import_runs_file, store, data, name)
+    ids = result if isinstance(result, ConfigError) else result[0]
     if not isinstance(ids, ConfigError):
         for run_id in ids:  # the Train page's live panel draws what was imported
             steps = store.metrics(run_id, "step")
@@ -318,6 +318,54 @@ def test_random_run_files(tmp_path_factory, changes):
         text = json.dumps(run_export(**changes), allow_nan=True).encode()
         with bounded(repr(changes)[:80]):
             imported_runs(text, "runs.json", store)
+    finally:
+        store.close()
+
+
+@functools.cache
+def exported_zip() -> bytes:
+    """A real runs export with weights (course LeNet-5, untrained): the seed of mutated zips."""
+    import tempfile
+
+    from explorer.io import export_runs
+    from explorer.models import build
+    from explorer.registry import get_preset
+    from explorer.weights import save_weights
+
+    spec = get_preset("course_lenet5").spec
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(Path(tmp) / "runs.sqlite")
+        run_id = store.create_run("seed", spec.to_dict(), {"epochs": 1}, status="completed")
+        save_weights(build(spec), store, run_id, spec=spec)
+        data = export_runs(store, [run_id], with_weights=True)
+        store.close()
+    return data
+
+
+def mutate(data: bytes, edits: list[tuple[float, int]], cut: float) -> bytes:
+    """``data`` with bytes overwritten at relative positions and cut at a relative length."""
+    out = bytearray(data[:max(4, int(len(data) * cut))])
+    for where, value in edits:
+        out[int(where * (len(out) - 1))] = value
+    return bytes(out)
+
+
+zip_mutations = st.tuples(st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)),
+                                   max_size=8),
+                          st.sampled_from([1.0, 1.0, 1.0, 0.999, 0.9, 0.5, 0.01]))
+
+
+@FUZZ
+@given(zip_mutations)
+def test_mutated_runs_zips(tmp_path_factory, mutation):
+    """A runs export with weights, bytes changed or cut: imported whole, or one sentence."""
+    store = RunStore(tmp_path_factory.mktemp("zip") / "runs.sqlite")
+    try:
+        data = mutate(exported_zip(), *mutation)
+        with bounded(repr(mutation)[:80]):
+            result = imported_runs(data, "runs.zip", store)
+        if isinstance(result, ConfigError):
+            assert store.list_runs() == []  # all or nothing
     finally:
         store.close()
 

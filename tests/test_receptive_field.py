@@ -313,7 +313,7 @@ def test_untraceable_model_falls_back_to_a_chain():
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = self.a(x)
-            if x.sum() > -1e9:  # data-dependent control flow: torch.fx cannot trace this
+            if x.sum() > -1e9:  # reads a value: the meta-device capture cannot follow it
                 x = self.b(x)
             return x
 

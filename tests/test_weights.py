@@ -1,5 +1,6 @@
 """Weights kept as safetensors: round trip through the exported source, limits, the callback."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -206,3 +207,139 @@ def test_weights_travel_with_an_exported_run_as_base64(tmp_path):
         import_weights(base64.b64encode(b"pickle?").decode(), tmp_path / "b", 10)
     limited = import_weights(text, tmp_path / "b", 11, limits=WeightsLimits(per_run=10))
     assert not limited.saved and "were not kept" in weights_note(tmp_path / "b", 11)
+
+
+# ---- runs exported and imported with their weights (a zip) --------------------------------------
+
+def _trained_run(tmp_path, preset="course_resnet_3x4_28"):
+    from explorer.runs import RunStore
+
+    spec = get_preset(preset).spec
+    torch.manual_seed(0)
+    model = build(spec)
+    with torch.no_grad():  # non-trivial BN statistics, as after training
+        model.train()(torch.randn(8, *spec.input_shape))
+    model.eval()
+    store = RunStore(tmp_path / "a" / "runs.sqlite")
+    run_id = store.create_run("kept", spec.to_dict(), {"epochs": 1}, status="completed")
+    assert save_weights(model, store, run_id, spec=spec).saved
+    return spec, model, store, run_id
+
+
+def test_a_run_exported_with_weights_imports_elsewhere_with_the_same_logits(tmp_path):
+    import zipfile
+    from io import BytesIO
+
+    from explorer.inspect import run_image
+    from explorer.io import export_runs, import_runs_file, runs_export_name
+    from explorer.runs import RunStore
+
+    spec, model, store, run_id = _trained_run(tmp_path)
+    bare = store.create_run("no weights", spec.to_dict(), {"epochs": 1}, status="failed")
+    data = export_runs(store, [run_id, bare], with_weights=True)
+    assert runs_export_name(True) == ("runs.zip", "application/zip")
+    # An ordinary zip: the runs' JSON and the safetensors file byte for byte.
+    with zipfile.ZipFile(BytesIO(data)) as zf:
+        assert sorted(zf.namelist()) == ["runs.json", "weights/run-1.safetensors"]
+        assert zf.read("weights/run-1.safetensors") == weights_path(store, run_id).read_bytes()
+        listed = json.loads(zf.read("runs.json"))["runs"]
+        assert [r["weights"] for r in listed] == ["weights/run-1.safetensors", None]
+
+    fresh = RunStore(tmp_path / "b" / "runs.sqlite")
+    ids, notes = import_runs_file(fresh, data, "runs.zip")
+    assert len(ids) == 2 and notes == []
+    assert fresh.get_run(ids[0])["name"] == "kept"
+    assert run_files(fresh, ids[1]) == []  # the run without weights stays without
+    _, again = model_from_weights(load_weights(fresh, ids[0]))
+    torch.manual_seed(1)
+    x = torch.randn(*spec.input_shape)
+    want = run_image(model, x, keep_maps=False).logits
+    got = run_image(again, x, keep_maps=False).logits
+    assert torch.allclose(got, want, atol=1e-6, rtol=0)
+    assert torch.equal(got, want)  # the same bytes: the same numbers
+    # Without weights the export is the JSON it always was, and imports as before.
+    text = export_runs(store, [run_id])
+    assert runs_export_name(False) == ("runs.json", "application/json")
+    assert json.loads(text)["runs"][0]["name"] == "kept"
+    ids2, _ = import_runs_file(fresh, text, "runs.json")
+    assert run_files(fresh, ids2[0]) == []
+
+
+def test_an_export_over_the_weights_limit_is_refused_with_a_sentence(tmp_path):
+    from explorer.io import export_runs, weights_export_problem
+
+    _, _, store, run_id = _trained_run(tmp_path, "course_lenet5")
+    size = weights_path(store, run_id).stat().st_size
+    small = WeightsLimits(per_run=size - 1)
+    with pytest.raises(ConfigError, match=r"export fewer runs at once, or without their weights"):
+        export_runs(store, [run_id], with_weights=True, limits=small)
+    # The page asks first, and shows the same sentence instead of the download.
+    assert "export fewer runs" in weights_export_problem(store, [run_id], small)
+    assert weights_export_problem(store, [run_id], WeightsLimits(per_run=size)) is None
+    assert export_runs(store, [run_id], with_weights=True, limits=WeightsLimits(per_run=size))
+
+
+def _zip(members: dict[str, bytes], method=None) -> bytes:
+    import zipfile
+    from io import BytesIO
+
+    buffer = BytesIO()
+    with zipfile.ZipFile(buffer, "w", method or zipfile.ZIP_STORED) as zf:
+        for name, blob in members.items():
+            zf.writestr(name, blob)
+    return buffer.getvalue()
+
+
+def test_a_hostile_runs_zip_is_one_sentence_and_stores_nothing(tmp_path):
+    import zipfile
+
+    from explorer.io import export_runs, import_runs_file
+    from explorer.runs import RunStore
+
+    spec, _, store, run_id = _trained_run(tmp_path, "course_lenet5")
+    good = export_runs(store, [run_id], with_weights=True)
+    with zipfile.ZipFile(__import__("io").BytesIO(good)) as zf:
+        runs_json, blob = zf.read("runs.json"), zf.read("weights/run-1.safetensors")
+    other = dataclasses.replace(spec, num_classes=7)  # the same layers, a 7-way classifier
+    other_blob = __import__("safetensors.torch", fromlist=["save"]).save(
+        {k: v.contiguous() for k, v in build(other).state_dict().items()})
+    limits = WeightsLimits(per_run=10 * MB)
+    cases = {
+        "garbage after the zip magic": (b"PK\x03\x04" + b"\x00" * 100, "broken zip"),
+        "no runs.json": (_zip({"weights/run-1.safetensors": blob}), "holds no runs.json"),
+        "a pickle for weights": (_zip({"runs.json": runs_json,
+                                       "weights/run-1.safetensors": b"\x80\x04pickle"}),
+                                 "not a safetensors"),
+        "another network's weights": (_zip({"runs.json": runs_json,
+                                            "weights/run-1.safetensors": other_blob}),
+                                      "do not fit its network"),
+        "a zip bomb": (_zip({"runs.json": runs_json,
+                             "weights/run-1.safetensors": b"\x00" * (11 * MB)},
+                            zipfile.ZIP_DEFLATED), r"holds 10.5 MiB, more than the 9.5 MiB it may"),
+        "a path outside": (_zip({"runs.json": runs_json.replace(
+            b"weights/run-1.safetensors", b"../../etc/passwd")}), "must name its file"),
+        "too many files": (_zip({"runs.json": runs_json,
+                                 **{f"x{i}": b"" for i in range(60)}}), "holds 61 files"),
+    }
+    fresh = RunStore(tmp_path / "b" / "runs.sqlite")
+    for case, (data, sentence) in cases.items():
+        assert len(data) < 2 * MB or case != "a zip bomb"  # 11 MB of zeros deflate to ~11 kB
+        with pytest.raises(ConfigError, match=sentence):
+            import_runs_file(fresh, data, "runs.zip", limits=limits)
+        assert fresh.list_runs() == [], case
+    assert not (tmp_path / "b" / "weights").exists()
+
+
+def test_imported_weights_over_the_server_limit_are_refused_with_a_note(tmp_path):
+    from explorer.io import export_runs, import_runs_file
+    from explorer.runs import RunStore
+
+    _, _, store, run_id = _trained_run(tmp_path, "course_lenet5")
+    data = export_runs(store, [run_id], with_weights=True)
+    fresh = RunStore(tmp_path / "b" / "runs.sqlite")
+    size = weights_path(store, run_id).stat().st_size
+    ids, notes = import_runs_file(fresh, data, "runs.zip",
+                                  limits=WeightsLimits(per_run=size, total=size - 1))
+    assert len(ids) == 1 and run_files(fresh, ids[0]) == []
+    assert len(notes) == 1 and "were not kept" in notes[0]
+    assert weights_note(fresh, ids[0]) == notes[0]
