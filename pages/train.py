@@ -17,7 +17,7 @@ from explorer.estimate import head_option
 from explorer.footprint import DataSizes
 from explorer.formatting import fmt_count
 from explorer.forms import md_escape
-from explorer.io import read_runs, runs_to_json
+from explorer.io import export_runs, import_runs_file, runs_export_name, weights_export_problem
 from explorer.jobs import DataRef
 from explorer.models import validate
 from explorer.registry import PRESETS, get_preset
@@ -284,13 +284,14 @@ def on_import() -> None:
     if upload is None:
         return
     try:
-        ids = get_manager().store.import_runs(read_runs(upload.getvalue(), upload.name),
-                                              session=visitor())
+        ids, notes = import_runs_file(get_manager().store, upload.getvalue(), upload.name,
+                                      session=visitor())
     except ConfigError as exc:
         state["tr_import_msg"] = ("error", md_escape(str(exc)))
         return
-    state["tr_import_msg"] = ("success", f"Imported {len(ids)} run(s) as "
-                                         f"{', '.join(f'#{i}' for i in ids)}.")
+    state["tr_import_msg"] = ("success", " ".join(
+        [f"Imported {len(ids)} run(s) as {', '.join(f'#{i}' for i in ids)}."]
+        + [md_escape(n) for n in notes]))
 
 
 def delete_runs(ids: list[int]) -> None:
@@ -314,7 +315,8 @@ def delete_runs(ids: list[int]) -> None:
 
 def history() -> None:
     store = get_manager().store
-    st.file_uploader("Import runs (a .json from another server's Train page)", type=["json"],
+    st.file_uploader("Import runs (a .json or .zip from another server's Train page)",
+                     type=["json", "zip"],
                      key="tr_import", on_change=on_import)
     if "tr_import_msg" in state:
         kind, text = state.pop("tr_import_msg")
@@ -356,9 +358,16 @@ def history() -> None:
         for i in chosen[:2]:  # its weights through an image: feature maps, receptive fields
             c1.page_link(Path(__file__).resolve().parent / "inspect.py", label=f"Inspect run #{i}",
                          icon=":material/visibility:", query_params={"run": str(i)})
-        c2.download_button("Runs (JSON, to import elsewhere)",  # made on click, not kept
-                           lambda: runs_to_json([store.export_run(i) for i in chosen]),
-                           "runs.json", "application/json")
+        with_weights = c2.checkbox("With their weights", key="tr_export_weights",
+                                   help="A zip of the runs and their safetensors weights, to "
+                                        "import on another server and inspect there.")
+        problem = weights_export_problem(store, chosen) if with_weights else None
+        if problem:
+            c2.caption(md_escape(problem))
+        else:
+            name, mime = runs_export_name(with_weights)
+            c2.download_button("Runs (to import elsewhere)",  # made on click, not kept
+                               lambda: export_runs(store, chosen, with_weights), name, mime)
         deletable = [i for i in chosen
                      if get_manager().may_manage(next(r for r in runs if r["id"] == i), me,
                                                  teacher)]
