@@ -341,3 +341,31 @@ def test_the_estimate_shows_before_start_and_refusals_are_sentences(monkeypatch)
     assert any("over the limit of 60 s per run; choose" in rendered(e.value) for e in at.error)
     assert len(RunStore().list_runs(limit=10_000)) == before  # nothing was queued
     assert not at.exception
+
+
+def test_a_runs_zip_with_weights_imports_through_the_page_and_keeps_the_weights(tmp_path):
+    """Another server's export with weights (a zip) lands here with the same tensors."""
+    import torch
+
+    from explorer.io import export_runs
+    from explorer.models import build
+    from explorer.registry import get_preset
+    from explorer.runs import RunStore
+    from explorer.weights import load_weights, save_weights
+
+    spec = get_preset("course_lenet5").spec
+    torch.manual_seed(3)
+    model = build(spec).eval()
+    elsewhere = RunStore(tmp_path / "elsewhere.sqlite")
+    run_id = elsewhere.create_run("from afar", spec.to_dict(), {"epochs": 1}, status="completed")
+    assert save_weights(model, elsewhere, run_id, spec=spec).saved
+    data = export_runs(elsewhere, [run_id], with_weights=True)
+
+    at = train_page()
+    at.file_uploader(key="tr_import").upload("runs.zip", data, "application/zip").run()
+    assert not at.exception and not at.error
+    found = re.search(r"Imported 1 run\(s\) as #(\d+)", at.success[0].value)
+    assert found, at.success[0].value
+    kept = load_weights(RunStore(), int(found.group(1)))
+    for name, value in model.state_dict().items():
+        assert torch.equal(kept.state_dict[name], value), name
