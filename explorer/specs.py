@@ -61,7 +61,8 @@ class Inception(NamedTuple):
     c4: int
 
 
-# Range of every field of the rows above: (low, high), inclusive.
+# Range of every field of the rows above: (low, high), inclusive. A family's own row type
+# declares its ranges as a ``LIMITS`` class attribute instead (see ``row_limits``).
 _ROW_LIMITS: dict[type, dict[str, tuple[int, int]]] = {
     VGGBlock: {"num_convs": (1, 32), "out_channels": (1, 8192)},
     Stage: {"num_blocks": (1, 64), "channels": (1, 8192)},
@@ -70,9 +71,13 @@ _ROW_LIMITS: dict[type, dict[str, tuple[int, int]]] = {
     Inception: {name: (1, 4096) for name in Inception._fields},
 }
 
-_ROW_LABEL: dict[type, str] = {
-    VGGBlock: "block", Stage: "stage", ConvLayer: "layer", Inception: "Inception block",
-}
+
+def row_limits(row_type: type) -> dict[str, tuple[int, int]]:
+    """(low, high) of every field of an arch-table row type."""
+    limits = _ROW_LIMITS.get(row_type) or getattr(row_type, "LIMITS", None)
+    if limits is None:  # pragma: no cover - a new row type must declare its ranges
+        raise TypeError(f"{row_type.__name__} declares no LIMITS")
+    return limits
 
 
 def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None,
@@ -172,7 +177,7 @@ def _coerce_row(value: Any, row_type: type, where: str) -> Any:
     out = []
     for name, item in zip(names, items, strict=True):
         v = _coerce(item, hints[name], f"{where} {name}")
-        lo, hi = _ROW_LIMITS[row_type][name]
+        lo, hi = row_limits(row_type)[name]
         if not lo <= int(v) <= hi:
             raise ConfigError(f"{where} {name} is {shown(v)}; it must be between {lo} and {hi}.")
         out.append(v)
@@ -517,23 +522,28 @@ class DenseNetSpec(SpecBase):
     drop_rate: float = _f(0.0, "dropout after each dense layer", 0.0, 0.99)
 
 
-SPEC_TYPES: dict[str, type[SpecBase]] = {
-    cls.family: cls for cls in (LeNetSpec, AlexNetSpec, VGGSpec, NiNSpec, GoogLeNetSpec,
-                                ResNetSpec, ResNeXtSpec, DenseNetSpec)
-}
-FAMILIES: tuple[str, ...] = tuple(SPEC_TYPES)
+def __getattr__(name: str) -> Any:
+    """``SPEC_TYPES``, ``FAMILIES`` and ``AnySpec``, derived from the family registry.
 
-AnySpec = (LeNetSpec | AlexNetSpec | VGGSpec | NiNSpec | GoogLeNetSpec | ResNetSpec | ResNeXtSpec
-           | DenseNetSpec)
+    Lazy (PEP 562) because the family modules import this one for ``SpecBase``.
+    """
+    if name in ("SPEC_TYPES", "FAMILIES", "AnySpec"):
+        from explorer.families import families
+
+        found = families()
+        if name == "SPEC_TYPES":
+            return {f.name: f.spec for f in found}
+        if name == "FAMILIES":
+            return tuple(f.name for f in found)
+        return typing.Union[tuple(f.spec for f in found)]  # noqa: UP007
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def spec_type(family: str) -> type[SpecBase]:
     """The spec class of a family; unknown names list the known ones."""
-    try:
-        return SPEC_TYPES[family]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown family {shown(family)}; choose one of "
-                          f"{', '.join(FAMILIES)}.") from None
+    from explorer.families import get_family
+
+    return get_family(family).spec
 
 
 def spec_from_dict(data: dict[str, Any]) -> Any:
@@ -541,7 +551,10 @@ def spec_from_dict(data: dict[str, Any]) -> Any:
     if not isinstance(data, dict):
         raise ConfigError("a spec must be a JSON object with a 'family' field.")
     if "family" not in data:
-        raise ConfigError(f"the spec has no 'family' field; add one of {', '.join(FAMILIES)}.")
+        from explorer.families import family_names
+
+        raise ConfigError(f"the spec has no 'family' field; add one of "
+                          f"{', '.join(family_names())}.")
     cls = spec_type(data["family"])
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names - {"family"})
