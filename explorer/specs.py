@@ -270,6 +270,9 @@ def _check_input_shape(shape: Shape) -> None:
 
 _INPUT_HELP = "input image as channels, height, width"
 _CLASSES_HELP = "number of output classes (10 for Fashion-MNIST, 1000 for ImageNet)"
+# For the family modules (explorer/families): the field helper and the shared help texts.
+spec_field = _f
+INPUT_HELP, CLASSES_HELP = _INPUT_HELP, _CLASSES_HELP
 
 # ---------------------------------------------------------------------------------------------
 # The families.
