@@ -25,6 +25,7 @@ from explorer.families import nin  # noqa: E402,F401  isort: skip
 from explorer.families import googlenet  # noqa: E402,F401  isort: skip
 from explorer.families import resnet  # noqa: E402,F401  isort: skip
 from explorer.families import densenet  # noqa: E402,F401  isort: skip
+from explorer.families import regnet  # noqa: E402,F401  isort: skip
 
 __all__ = ["DiagramNode", "Family", "Preset", "families", "family_names", "family_of",
            "get_family", "register"]
