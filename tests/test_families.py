@@ -122,3 +122,20 @@ def test_a_tenth_family_needs_only_its_registration():
     # conv 1→4: 4·9+4 = 40; 4→8: 8·4·9+8 = 296; 8→16: 16·8·9+16 = 1168; linear 16→10: 170.
     assert done.stdout.split() == ["plain", "True", "plain", "**Plain**", "convs.",
                                    str(40 + 296 + 1168 + 170), "Widths", "True"]
+
+
+def test_the_table_beside_the_form_comes_from_the_family():
+    from explorer.families import side_table
+    from explorer.registry import get_preset
+
+    # The course ResNeXt: 16 groups; stage 1's bottleneck is round(64 × 1.0) = 64 wide, so 4
+    # channels per group, and the book's argument that builds 16 groups is 64 // 16 = 4.
+    caption, rows = side_table(get_preset("course_resnext").spec)
+    assert "channels per group" in caption
+    assert (rows[0]["cardinality g"], rows[0]["width per group b/g"],
+            rows[0]["book's groups argument that builds g"]) == (16, 4, 4)
+    assert side_table(get_preset("course_resnet18").spec) is None  # basic blocks: no groups
+    assert side_table(get_preset("course_lenet").spec) is None
+    # regnet_y_400mf: widths 48, 104, 208, 440 in groups of 8 channels.
+    _, rows = side_table(get_preset("regnet_y_400mf").spec)
+    assert [r["groups b / group width"] for r in rows] == [6, 13, 26, 55]

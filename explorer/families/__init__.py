@@ -15,6 +15,7 @@ from explorer.families.base import (
     family_of,
     get_family,
     register,
+    side_table,
 )
 
 # One line per family: importing the module registers it.
@@ -28,4 +29,4 @@ from explorer.families import densenet  # noqa: E402,F401  isort: skip
 from explorer.families import regnet  # noqa: E402,F401  isort: skip
 
 __all__ = ["DiagramNode", "Family", "Preset", "families", "family_names", "family_of",
-           "get_family", "register"]
+           "get_family", "register", "side_table"]

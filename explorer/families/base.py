@@ -148,3 +148,14 @@ def get_family(name: object) -> Family:
 def family_of(spec: object) -> Family:
     """The family of a spec (by its ``family`` class attribute)."""
     return get_family(getattr(spec, "family", None))
+
+
+def side_table(spec: object) -> tuple[str, list[dict[str, Any]]] | None:
+    """The table the Build page shows beside a spec's form, as (caption, rows), or None.
+
+    ResNet/ResNeXt bottlenecks: the groups per stage in both readings of the book's argument;
+    RegNet: bottleneck width and groups per stage.
+    """
+    f = family_of(spec)
+    rows = f.extra_table(spec) if f.extra_table is not None else None
+    return (f.extra_caption, rows) if rows else None
