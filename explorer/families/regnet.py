@@ -220,7 +220,9 @@ NOTES = (
     "that space where good networks cluster: widths that grow linearly with depth "
     "(w_0 + w_a·j), quantised to a few stages (powers of w_m, multiples of 8), with the "
     "bottleneck ratio 1. RegNetY adds squeeze-excitation, which rescales every channel by a "
-    "gate computed from the channel means.")
+    "gate computed from the channel means: since the means cover the whole map, every unit "
+    "depends on the whole image from the first block on, and the receptive field column "
+    "passes the image size at once.")
 
 IMAGENET = {"input_shape": (3, 224, 224), "num_classes": 1000}
 
