@@ -100,11 +100,23 @@ def _pair_text(pair: list[int] | None) -> str:
     return str(pair[0]) if pair[0] == pair[1] else f"{pair[0]}×{pair[1]}"
 
 
-def cmd_presets(_args: argparse.Namespace) -> None:
+def cmd_presets(args: argparse.Namespace) -> None:
+    from explorer.families import get_family
     from explorer.registry import PRESETS
 
+    family = getattr(args, "family", None)
+    if family is not None:
+        get_family(family)  # an unknown name is a sentence listing the known ones
     for p in PRESETS.values():
-        print(f"{p.name}\t{p.description}")
+        if family is None or p.family == family:
+            print(f"{p.name}\t{p.description}")
+
+
+def cmd_families(_args: argparse.Namespace) -> None:
+    from explorer.families import families
+
+    for f in families():
+        print(f"{f.name}\t{f.title}\t{', '.join(p.name for p in f.presets)}")
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -189,7 +201,9 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m explorer", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("presets", help="one preset name per line, a tab, a description")
+    pr = sub.add_parser("presets", help="one preset name per line, a tab, a description")
+    pr.add_argument("--family", help="only this family's presets (see `families`)")
+    sub.add_parser("families", help="one family per line: name, title, its presets")
 
     s = sub.add_parser("summary", help="layer table and totals of a preset or spec JSON file")
     s.add_argument("spec", help="a preset name or a spec .json file")
@@ -235,9 +249,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"presets": cmd_presets, "summary": cmd_summary, "conv": cmd_conv, "bench": cmd_bench,
-            "worker": cmd_worker, "ray-dispatch": cmd_ray_dispatch,
-            "predict": inspect_cli.run}
+COMMANDS = {"presets": cmd_presets, "families": cmd_families, "summary": cmd_summary,
+            "conv": cmd_conv, "bench": cmd_bench, "worker": cmd_worker,
+            "ray-dispatch": cmd_ray_dispatch, "predict": inspect_cli.run}
 
 
 def main(argv: list[str] | None = None) -> int:

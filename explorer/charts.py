@@ -6,14 +6,15 @@ Large fonts and few colours: the figures are read on a projector at 1280×720.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 
 import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
-import torch
 from plotly.subplots import make_subplots
 from torch import nn
+
+# The diagram's box is defined with the family registry (a family describes its own blocks).
+from explorer.families.base import DiagramNode
 
 FONT = {"size": 15}
 # Plotly's own qualitative palette, by run: the overlay charts give a run the same colour.
@@ -57,9 +58,18 @@ def params_macs_by_group(table: pd.DataFrame, level: int = 1) -> go.Figure:
     return _layout(fig, "Where the parameters and the compute live")
 
 
-# Blocks whose output is a concatenation along the channels (Inception's branches, a dense
-# layer's new features onto its input): their leaves' widths are not the map's width.
-CONCAT_TYPES = ("InceptionBlock", "DenseBlock")
+def concat_blocks() -> dict[str, str]:
+    """Block class name → "block" or "layers", from the family registry (``Family.concat``).
+
+    Their outputs are concatenations along the channels (Inception's branches: "block"; a dense
+    layer's new features onto its input: "layers"), so their leaves' widths are not the map's.
+    """
+    from explorer.families import families
+
+    return {name: how for f in families() for name, how in f.concat.items()}
+
+
+CONCAT_TYPES = tuple(concat_blocks())
 
 
 def shape_flow_points(table: pd.DataFrame) -> pd.DataFrame:
@@ -69,8 +79,9 @@ def shape_flow_points(table: pd.DataFrame) -> pd.DataFrame:
     block (its concatenated output) and one per dense layer (its input with its new features
     concatenated, so DenseNet's width is seen growing).
     """
-    blocks = table[table["type"].isin(CONCAT_TYPES)]
-    owner = {n: t for n, t in zip(blocks["name"], blocks["type"], strict=True)}
+    how = concat_blocks()
+    blocks = table[table["type"].isin(list(how))]
+    owner = {n: how[t] for n, t in zip(blocks["name"], blocks["type"], strict=True)}
     points: list[tuple[str, int, int]] = []
     for row in table.itertuples(index=False):
         parent = row.name.rpartition(".")[0]
@@ -79,9 +90,9 @@ def shape_flow_points(table: pd.DataFrame) -> pd.DataFrame:
         if out is None or not len(out):
             continue
         height = out[1] if len(out) == 3 else 1
-        if owner.get(row.name) == "InceptionBlock":
+        if owner.get(row.name) == "block":
             points.append((f"{row.name} ‖", out[0], height))
-        elif owner.get(parent) == "DenseBlock":
+        elif owner.get(parent) == "layers":
             points.append((f"{row.name} ‖", row.input_shape[0] + out[0], height))
         elif (not inside and row.is_leaf
               and any(k in row.type for k in ("Conv", "Pool", "Linear", "Flatten"))):
@@ -169,17 +180,6 @@ def receptive_field_chart(table: pd.DataFrame, input_size: int) -> go.Figure:
 # Architecture diagram: the blocks in order, skip connections as arcs, concatenations marked ‖.
 
 
-@dataclass(frozen=True)
-class DiagramNode:
-    """One box of the architecture diagram."""
-
-    name: str
-    kind: str  # a key of KIND_COLORS
-    label: str
-    skip: str | None = None  # "identity" or "1×1 conv" for residual blocks
-    concat: int = 0  # number of concatenated inputs (Inception branches, dense layers)
-
-
 def _conv_label(m: nn.Conv2d) -> str:
     k, s = m.kernel_size[0], m.stride[0]
     g = f", g{m.groups}" if m.groups > 1 else ""
@@ -203,33 +203,17 @@ def _leaf_node(name: str, m: nn.Module) -> DiagramNode | None:
 
 def diagram_nodes(model: nn.Module) -> list[DiagramNode]:
     """The model as a chain of blocks: stems, residual/Inception/dense blocks, pools, head."""
-    from explorer.models.densenet import DenseBlock
-    from explorer.models.googlenet import InceptionBlock
-    from explorer.models.resnet import ResidualBlock
+    from explorer.families import families
 
+    describers = list(dict.fromkeys(f.diagram for f in families() if f.diagram is not None))
     nodes: list[DiagramNode] = []
 
     def block_node(name: str, m: nn.Module) -> DiagramNode | None:
-        if isinstance(m, ResidualBlock):
-            kind = "bottleneck" if m.conv3 is not None else "basic"
-            stride = m.conv1.stride[0] * m.conv2.stride[0]
-            out = (m.conv3 or m.conv2).out_channels
-            g = f", g{m.conv2.groups}" if m.conv2.groups > 1 else ""
-            return DiagramNode(name, "residual",
-                               f"{kind}{'/' + str(stride) if stride > 1 else ''}<br>{out}{g}",
-                               skip="identity" if m.shortcut is None else "1×1 conv")
-        if isinstance(m, InceptionBlock):
-            out = sum(b[-1].out_channels if isinstance(b[-1], nn.Conv2d) else
-                      [x for x in b if isinstance(x, nn.Conv2d)][-1].out_channels
-                      for b in (m.branch1, m.branch2, m.branch3, m.branch4))
-            return DiagramNode(name, "inception", f"Inception<br>{out}", concat=4)
-        if isinstance(m, DenseBlock):
-            n = len(m.layers)
-            convs = [x for x in m.layers[0] if isinstance(x, nn.Conv2d)]
-            cin, growth = convs[0].in_channels, convs[-1].out_channels
-            # Each layer's output is concatenated onto its input: the width grows by n × growth.
-            return DiagramNode(name, "dense", f"dense +{growth}<br>{cin} → {cin + n * growth}",
-                               concat=n)
+        """The box a family draws for one of its own blocks (``Family.diagram``), or None."""
+        for describe in describers:
+            node = describe(name, m)
+            if node is not None:
+                return node
         return None
 
     def sequential_node(name: str, m: nn.Sequential, kind: str, title: str) -> DiagramNode:
@@ -354,11 +338,9 @@ def architecture_diagram(model_or_nodes: nn.Module | list[DiagramNode], per_row:
 
 def spec_diagram(spec: object) -> go.Figure:
     """``architecture_diagram`` of a spec, built on the meta device (no weights allocated)."""
-    from explorer.models import BUILDERS
+    from explorer.models import meta_model
 
-    with torch.device("meta"):
-        model = BUILDERS[spec.family](spec)  # type: ignore[attr-defined]
-    return architecture_diagram(model)
+    return architecture_diagram(meta_model(spec))  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------

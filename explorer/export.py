@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from explorer.errors import ConfigError
-from explorer.models.densenet import DenseBlock
-from explorer.models.googlenet import InceptionBlock
-from explorer.models.resnet import ResidualBlock
+from explorer.families import families
 
-# The explorer's own blocks: their forward methods are copied into the exported file.
-CUSTOM_BLOCKS: tuple[type[nn.Module], ...] = (ResidualBlock, InceptionBlock, DenseBlock)
+# The explorer's own blocks, from the family registry (``Family.blocks``): their forward methods
+# are copied into the exported file.
+CUSTOM_BLOCKS: tuple[type[nn.Module], ...] = tuple(dict.fromkeys(
+    block for f in families() for block in f.blocks))
 
 _HEADER = '''\
 """{title}

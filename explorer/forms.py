@@ -17,36 +17,28 @@ from typing import Any, Literal
 import pandas as pd
 
 from explorer.errors import ConfigError
-from explorer.specs import ConvLayer, Inception, SpecBase, Stage, VGGBlock
+from explorer.families import families, get_family
+from explorer.specs import SpecBase
+
+# Labels of the fields every spec has; each family names its own fields (``Family.labels``).
+COMMON_LABELS: dict[str, str] = {"input_shape": "Input", "num_classes": "Classes"}
+
+
+def _merged(attr: str) -> dict:
+    out: dict = {}
+    for f in families():
+        for key, value in getattr(f, attr).items():
+            out.setdefault(key, value)
+    return out
+
 
 # Column labels of the arch tables: named so that neither tuple order is ambiguous.
-COLUMN_LABELS: dict[str, str] = {
-    "num_convs": "convs", "out_channels": "out channels", "num_blocks": "blocks",
-    "channels": "channels", "kernel": "kernel", "stride": "stride", "padding": "padding",
-    "pool": "max pool after", "c1": "1×1", "c2a": "3×3 reduce", "c2b": "3×3", "c3a": "5×5 reduce",
-    "c3b": "5×5", "c4": "pool proj",
-}
+COLUMN_LABELS: dict[str, str] = _merged("columns")
 # Single-column tables (tuple[int, ...] fields) and their column label.
-LIST_LABELS: dict[str, str] = {
-    "conv_channels": "out channels", "hidden": "width", "block_config": "convs",
-    "padding": "padding",
-}
-FIELD_LABELS: dict[str, str] = {
-    "input_shape": "Input", "num_classes": "Classes", "conv_channels": "Conv layers",
-    "kernel_size": "Kernel size", "padding": "Padding", "pool": "Pooling",
-    "activation": "Activation", "hidden": "Hidden FC layers", "batch_norm": "Batch norm",
-    "bias": "Biases", "convs": "Conv layers", "avgpool_size": "Adaptive pool size",
-    "dropout": "Dropout", "dropout_first": "Dropout before each FC", "arch": "Arch tuple",
-    "blocks": "NiN blocks", "head_kernel": "Head kernel", "stem_channels": "Stem channels",
-    "stages": "Stages", "branch3_kernel": "Branch 3 kernel", "pool_style": "Pool style",
-    "block": "Block", "stem": "Stem", "expansion": "Expansion",
-    "cardinality": "Cardinality (groups)",
-    "base_width": "Base width (torchvision width_per_group)", "bot_mul": "Bottleneck multiplier",
-    "stride_on": "Stride on", "conv_bias": "Conv biases", "shortcut_bn": "BN on shortcut",
-    "block_config": "Dense blocks", "growth_rate": "Growth rate",
-    "num_init_features": "Stem channels", "bn_size": "Bottleneck size (bn_size)",
-    "compression": "Compression", "drop_rate": "Dropout rate",
-}
+LIST_LABELS: dict[str, str] = _merged("list_labels")
+FIELD_LABELS: dict[str, str] = {**COMMON_LABELS, **_merged("labels")}
+# Per row type, the order the book writes a row in (shown beside the tuple box).
+BOOK_ORDER_NOTE: dict[type, str] = _merged("book_order")
 
 
 @dataclass(frozen=True)
@@ -72,10 +64,12 @@ class FormField:
 def form_fields(cls: type[SpecBase]) -> list[FormField]:
     """One FormField per dataclass field, in declaration order."""
     hints = typing.get_type_hints(cls)
+    labels = {**COMMON_LABELS, **get_family(cls.family).labels}
     out = []
     for f in fields(cls):  # type: ignore[arg-type]
         tp, meta = hints[f.name], dict(f.metadata)
-        label, help_ = FIELD_LABELS.get(f.name, f.name), meta.get("help", "")
+        label = labels.get(f.name) or FIELD_LABELS.get(f.name, f.name)
+        help_ = meta.get("help", "")
         lo, hi = meta.get("lo"), meta.get("hi")
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if f.name == "input_shape":
@@ -159,15 +153,6 @@ def book_notation(value: Any) -> str:
         items = [book_notation(x) for x in value]
         return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
     return repr(value)
-
-
-BOOK_ORDER_NOTE: dict[type, str] = {
-    VGGBlock: "(num_convs, out_channels), the book's order; the notebook writes "
-              "(out_channels, num_convs)",
-    Stage: "(num_blocks, channels)",
-    ConvLayer: "(out_channels, kernel, stride, padding, max pool after)",
-    Inception: "(c1, c2a, c2b, c3a, c3b, c4): 1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool proj",
-}
 
 
 # Characters that start Markdown (CommonMark, plus Streamlit's $math$ and :color[...]) inline;

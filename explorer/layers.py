@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from explorer.errors import ConfigError
-from explorer.models import BUILDERS
+from explorer.models import meta_model
 from explorer.specs import SpecBase
 
 _POOLS = (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
@@ -128,9 +128,7 @@ def meta_pass(spec: SpecBase) -> MetaPass:
     """
     if not isinstance(spec, SpecBase):
         raise ConfigError(f"expected a spec from explorer.specs, not {type(spec).__name__}.")
-    with torch.device("meta"):
-        model = BUILDERS[spec.family](spec)
-    model.eval()
+    model = meta_model(spec).eval()
     layers: list[Layer] = []
     seen: set[str] = set()
     totals = {"macs": 0, "lecture": 0}

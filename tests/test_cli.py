@@ -78,3 +78,19 @@ def test_bench_analyze_prints_json():
     # ratio = analyze / torchinfo, up to the 4-decimal rounding of the printed medians.
     ratio, a, t = data["ratio"], data["analyze_median_s"], data["torchinfo_median_s"]
     assert abs(ratio * t - a) <= 1e-4 * (1 + ratio)
+
+
+def test_families_lists_the_registry_with_its_presets(capsys):
+    from explorer.families import families
+
+    assert main(["families"]) == 0
+    rows = [ln.split("\t") for ln in capsys.readouterr().out.strip().splitlines()]
+    assert [r[0] for r in rows] == [f.name for f in families()]
+    regnet = next(r for r in rows if r[0] == "regnet")
+    assert regnet[2].split(", ") == ["course_regnetx32", "regnet_x_400mf", "regnet_x_800mf",
+                                     "regnet_y_400mf"]
+    assert main(["presets", "--family", "resnext"]) == 0
+    names = [ln.split("\t")[0] for ln in capsys.readouterr().out.strip().splitlines()]
+    assert names == ["course_resnext", "resnext50_32x4d", "resnext101_32x8d"]
+    assert main(["presets", "--family", "resnett"]) == 2
+    assert "unknown family 'resnett'; choose one of lenet" in capsys.readouterr().err

@@ -38,9 +38,12 @@ def test_torchvision_presets_equal_torchvision(name):
     preset = get_preset(name)
     assert preset.reference == name
     kw = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
-    with torch.device("meta"):
-        ours = build(preset.spec, device="meta")
-        ref = getattr(torchvision.models, name)(weights=None, **kw)
+    ours = build(preset.spec, device="meta")
+    try:
+        with torch.device("meta"):
+            ref = getattr(torchvision.models, name)(weights=None, **kw)
+    except NotImplementedError:  # regnet_* compute their widths with tensors, unreadable on meta
+        ref = getattr(torchvision.models, name)(weights=None, **kw).to("meta")
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
     assert param_shapes(ours) == param_shapes(ref)
     assert layer_shapes(ours, (3, 224, 224)) == layer_shapes(ref, (3, 224, 224))

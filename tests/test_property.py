@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from explorer.analysis import analyze
 from explorer.errors import ConfigError
+from explorer.forms import form_fields
 from explorer.models import build, estimate
-from explorer.specs import spec_from_dict
+from explorer.specs import FAMILIES, spec_from_dict, spec_type
 
 # 500 examples in CI (the issue's floor); fewer locally keeps the edit-test loop quick.
 EXAMPLES = 500 if os.environ.get("CI") == "true" else 150
@@ -59,10 +60,53 @@ FAMILY_FIELDS = {
 }
 
 
+def _number(f, low: float, high: float, floats: bool = False):
+    """Values around a field's range (one step outside on each side), kept small."""
+    lo = low if f.lo is None else max(f.lo, low)
+    hi = high if f.hi is None else min(f.hi, high)
+    if floats:
+        return st.floats(lo - 0.5, hi + 0.5)
+    return st.integers(int(lo) - 1, int(hi) + 1)
+
+
+def generic_fields(family: str) -> dict:
+    """Strategies for a family without hand-written ones, read off its form's fields."""
+    out = {}
+    for f in form_fields(spec_type(family)):
+        if f.kind == "int":
+            out[f.name] = _number(f, 0, 24)
+        elif f.kind == "float":
+            out[f.name] = _number(f, 0, 2, floats=True)
+        elif f.kind == "bool":
+            out[f.name] = st.booleans()
+        elif f.kind == "choice":
+            out[f.name] = st.sampled_from([*f.choices, "nonsense"])
+        elif f.kind == "list":
+            out[f.name] = st.lists(chan, max_size=4)
+        elif f.kind == "rows":
+            out[f.name] = rows(*[chan] * len(f.row_type._fields), max_size=4)
+        elif f.kind == "stages":
+            out[f.name] = st.lists(rows(*[chan] * len(f.row_type._fields), max_size=2),
+                                   max_size=3)
+        elif f.kind == "triple":
+            out[f.name] = st.tuples(chan, chan, chan)
+    return out
+
+
+def family_fields(family: str) -> dict:
+    return FAMILY_FIELDS.get(family) or generic_fields(family)
+
+
+def test_every_registered_family_is_drawn():
+    # Families added to the registry (RegNet) get strategies read off their form.
+    assert all(family_fields(f) for f in FAMILIES)
+    assert set(generic_fields("regnet")) >= {"stem_channels", "stages", "bot_mul", "se_ratio"}
+
+
 @st.composite
 def spec_dicts(draw):
-    family = draw(st.sampled_from(sorted(FAMILY_FIELDS)))
-    strategies = FAMILY_FIELDS[family] | common
+    family = draw(st.sampled_from(FAMILIES))
+    strategies = family_fields(family) | common
     chosen = draw(st.sets(st.sampled_from(sorted(strategies))))
     return {"family": family, **{k: draw(strategies[k]) for k in chosen}}
 

@@ -10,27 +10,26 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from explorer.errors import ConfigError
-from explorer.models.alexnet import build_alexnet
 from explorer.models.common import count_params
-from explorer.models.densenet import build_densenet
-from explorer.models.googlenet import build_googlenet
-from explorer.models.lenet import build_lenet
-from explorer.models.nin import build_nin
-from explorer.models.resnet import build_resnet
-from explorer.models.vgg import build_vgg
-from explorer.specs import SPEC_TYPES, SpecBase
+from explorer.specs import SpecBase
 
-BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "lenet": build_lenet, "alexnet": build_alexnet, "vgg": build_vgg, "nin": build_nin,
-    "googlenet": build_googlenet, "resnet": build_resnet, "resnext": build_resnet,
-    "densenet": build_densenet,
-}
-assert set(BUILDERS) == set(SPEC_TYPES)
+
+def __getattr__(name: str) -> Any:
+    """``BUILDERS`` (family → builder), derived from the family registry.
+
+    Lazy (PEP 562) because the family modules import the builders in this package.
+    """
+    if name == "BUILDERS":
+        from explorer.families import families
+
+        return {f.name: f.build for f in families()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -57,13 +56,25 @@ class Estimate:
 def _builder(spec: SpecBase) -> Callable[..., nn.Module]:
     if not isinstance(spec, SpecBase):
         raise ConfigError(f"build() takes a spec from explorer.specs, not {type(spec).__name__}.")
-    return BUILDERS[spec.family]
+    from explorer.families import get_family
+
+    return get_family(spec.family).build
+
+
+def meta_model(spec: SpecBase) -> nn.Module:
+    """The spec's model on PyTorch's meta device: every shape and parameter count, no weights.
+
+    Not validated against the size limits (``validate`` calls it to measure them); a spec that
+    shrinks a map to 0×0 still raises its ConfigError.
+    """
+    builder = _builder(spec)
+    with torch.device("meta"):
+        return builder(spec)
 
 
 def estimate(spec: SpecBase) -> Estimate:
     """Build on the meta device and run one meta forward pass to size params and activations."""
-    with torch.device("meta"):
-        model = _builder(spec)(spec)
+    model = meta_model(spec)
     total = 0
 
     def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
@@ -86,8 +97,7 @@ def minimum_input_size(spec: SpecBase, limit: int = 2048) -> int | None:
     def fits(size: int) -> bool:
         s = dataclasses.replace(spec, input_shape=(spec.input_shape[0], size, size))
         try:
-            with torch.device("meta"):
-                _builder(s)(s)
+            meta_model(s)
             return True
         except ConfigError:
             return False
@@ -137,4 +147,4 @@ def build(spec: SpecBase, limits: SizeLimits = DEFAULT_LIMITS,
 
 
 __all__ = ["BUILDERS", "DEFAULT_LIMITS", "Estimate", "SizeLimits", "build", "estimate",
-           "minimum_input_size", "validate"]
+           "meta_model", "minimum_input_size", "validate"]
