@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from explorer import models
 from explorer.errors import ConfigError
-from explorer.models import BUILDERS, validate
+from explorer.models import validate
 from explorer.specs import SpecBase
 
 MAX_MACS = 25_000_000_000  # multiply-adds per image; vgg19 at 3×224×224 has 19.6 G
@@ -76,8 +77,8 @@ class _ModuleBudget:
 
 def _meta_model(spec: SpecBase, max_modules: int) -> nn.Module:
     """``spec``'s model on the meta device; more than ``max_modules`` modules stop the build."""
-    with _ModuleBudget(max_modules), torch.device("meta"):
-        return BUILDERS[spec.family](spec)
+    with _ModuleBudget(max_modules):
+        return models.meta_model(spec)
 
 
 def _leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:

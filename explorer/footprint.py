@@ -28,7 +28,7 @@ from torch import nn
 
 from explorer import settings
 from explorer.errors import ConfigError
-from explorer.models import BUILDERS
+from explorer.models import meta_model
 from explorer.specs import SpecBase
 
 EVAL_BATCH = 256  # explorer.training.EVAL_BATCH: evaluation batches are at least this large
@@ -79,8 +79,7 @@ def activation_profile(spec: SpecBase) -> ActivationProfile:
     """What one image costs in activations: saved for backward, and output by every layer."""
     if not isinstance(spec, SpecBase):
         raise ConfigError(f"expected a spec from explorer.specs, not {type(spec).__name__}.")
-    with torch.device("meta"):
-        model = BUILDERS[spec.family](spec)
+    model = meta_model(spec)
     model.train()
     params = {id(p) for p in model.parameters()}
     kept: dict[int, torch.Tensor] = {}  # by id of the storage's owner: one tensor, saved twice
@@ -114,8 +113,7 @@ def activation_profile(spec: SpecBase) -> ActivationProfile:
 @functools.lru_cache(maxsize=256)
 def param_counts(spec: SpecBase) -> tuple[int, int]:
     """Parameters of the spec's model and of its largest tensor, counted on the meta device."""
-    with torch.device("meta"):
-        model = BUILDERS[spec.family](spec)
+    model = meta_model(spec)
     sizes = [p.numel() for p in model.parameters()]
     return sum(sizes), max(sizes, default=0)
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import streamlit as st
-import torch
 
 from explorer import charts
 from explorer.bounded import literal
 from explorer.errors import ConfigError
 from explorer.export import table_csv, to_onnx_bytes, to_pytorch_source
+from explorer.families import get_family, side_table
 from explorer.formatting import fmt_bytes, fmt_count, shape_text
 from explorer.forms import (
     BOOK_ORDER_NOTE,
@@ -23,7 +23,7 @@ from explorer.forms import (
     md_escape,
     rows_to_frame,
 )
-from explorer.models import BUILDERS, build
+from explorer.models import build, meta_model
 from explorer.notes import FAMILY_NOTES
 from explorer.receptive import rf_caption, rf_help, rf_text
 from explorer.registry import DEFAULT_PRESET, PRESETS, get_preset
@@ -192,7 +192,7 @@ def spec_widgets(cls) -> dict:
     h.number_input("Height", 1, 2048, key="f_in_h")
     w.number_input("Width", 1, 2048, key="f_in_w")
     data["input_shape"] = [state["f_in_c"], state["f_in_h"], state["f_in_w"]]
-    with st.expander("More settings", expanded=cls.family in ("resnext",)):
+    with st.expander("More settings", expanded=get_family(cls.family).open_settings):
         for f in others:
             key = f"f_{f.name}"
             if f.kind == "shape":
@@ -214,18 +214,15 @@ def spec_widgets(cls) -> dict:
     return data
 
 
-def resnext_groups(spec) -> None:
-    """Cardinality and width per group, beside what the book's ``groups=b // groups`` builds."""
-    import pandas as pd
+def family_table(spec) -> None:
+    """The family's table beside the form (ResNeXt's groups in both readings, RegNet's groups)."""
+    found = side_table(spec)
+    if found:
+        import pandas as pd
 
-    st.markdown("**Groups per stage.** The book calls `nn.Conv2d(b, b, 3, groups=b // groups)`, "
-                "so its `groups` argument is really *channels per group*.")
-    st.dataframe(pd.DataFrame(spec.group_table()).rename(columns={
-        "bottleneck_width": "bottleneck width b", "groups": "cardinality g",
-        "width_per_group": "width per group b/g",
-        "book_groups_argument": "book's groups argument that builds g",
-        "book_groups_as_cardinality_builds": "groups built if the book is passed g"}),
-        hide_index=True, width="stretch")
+        caption, rows = found
+        st.markdown(caption)
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 
 def headline(analysis) -> None:
@@ -299,8 +296,7 @@ def diagram_for(spec_json: str) -> dict:
 def source_for(spec_json: str, name: str) -> str:
     """The standalone PyTorch file; the module tree is built on the meta device (no weights)."""
     spec = spec_from_json(spec_json)
-    with torch.device("meta"):
-        model = BUILDERS[spec.family](spec)
+    model = meta_model(spec)
     return to_pytorch_source(model, spec.input_shape, f"{name}: built with CNN Explorer",
                              spec_json)
 
@@ -439,7 +435,6 @@ with right:
             st.info(PRESETS[loaded].note)
 
 with left:
-    if spec.family in ("resnet", "resnext") and spec.block == "bottleneck":
-        resnext_groups(spec)
+    family_table(spec)
     if loaded and (preset is None or error):
         st.button(f"Reset to {loaded}", on_click=on_preset, args=(loaded,))

@@ -60,7 +60,7 @@ def test_bn_channels_match_torchvision_models():
 
 def test_bn_presets_are_the_families_with_bn_and_lenet_has_bn1d():
     expected = [n for n, p in PRESETS.items()
-                if p.family in ("resnet", "resnext", "densenet")
+                if p.family in ("resnet", "resnext", "densenet", "regnet")
                 or getattr(p.spec, "batch_norm", False)]
     assert bn_lab.bn_presets() == expected
     layers = bn_lab.spec_bn_layers(bn_lenet())

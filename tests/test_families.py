@@ -139,3 +139,21 @@ def test_the_table_beside_the_form_comes_from_the_family():
     # regnet_y_400mf: widths 48, 104, 208, 440 in groups of 8 channels.
     _, rows = side_table(get_preset("regnet_y_400mf").spec)
     assert [r["groups b / group width"] for r in rows] == [6, 13, 26, 55]
+
+
+def test_every_family_has_an_example_spec_file_that_loads_as_that_family():
+    """The README promises one example spec per family in assets/specs/."""
+    from pathlib import Path
+
+    import torch
+
+    from explorer.models import build
+    from explorer.specs import FAMILIES, spec_from_json
+
+    folder = Path(__file__).resolve().parents[1] / "assets" / "specs"
+    assert sorted(p.stem for p in folder.glob("*.json")) == sorted(FAMILIES)
+    for family in FAMILIES:
+        spec = spec_from_json((folder / f"{family}.json").read_text())
+        assert spec.family == family
+        out = build(spec).eval()(torch.zeros(1, *spec.input_shape))
+        assert out.shape == (1, spec.num_classes)

@@ -14,7 +14,6 @@ import threading
 import time
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from explorer.bn.conventions import BN_TYPES
@@ -24,7 +23,7 @@ from explorer.data import ImageDataset
 from explorer.db import database_errors
 from explorer.errors import ConfigError
 from explorer.jobs import DataRef
-from explorer.models import BUILDERS
+from explorer.models import meta_model
 from explorer.registry import PRESETS
 from explorer.runs import RunStore
 from explorer.specs import SpecBase
@@ -51,9 +50,7 @@ def bn_layers(model: nn.Module) -> dict[str, int]:
 
 def spec_bn_layers(spec: SpecBase) -> dict[str, int]:
     """``bn_layers`` of a spec's model, built on the meta device (no weights allocated)."""
-    with torch.device("meta"):
-        model = BUILDERS[spec.family](spec)
-    return bn_layers(model)
+    return bn_layers(meta_model(spec))
 
 
 def bn_presets() -> list[str]:
