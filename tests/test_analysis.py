@@ -51,19 +51,28 @@ def test_total_params_equal_torchvision_counts(resnet18):
     assert a.totals["trainable_params"] == n
     assert a.totals["param_bytes"] == 4 * n  # float32
     assert a.row("")["params"] == n  # the model's own row counts everything below it
-    assert a.row("layer1")["params"] == sum(p.numel() for p in model.layer1.parameters())
+    # layer1 is two BasicBlocks, each two bias-free 3×3 convs 64→64 (64·64·9 = 36,864) and two
+    # BNs of 64 channels (2·64 = 128): 2·(2·36,864 + 2·128) = 147,968 (hand count)
+    assert a.row("layer1")["params"] == 2 * (2 * 36_864 + 2 * 128) == 147_968
     assert a.row("fc")["params"] == 512 * 1000 + 1000
 
 
-@pytest.mark.parametrize("name, ctor, shape", [
+# Expected totals are torchvision's published sizes (the `num_params` in the weights' metadata,
+# also in its model table): GoogLeNet without the auxiliary heads 6,624,904; DenseNet-121
+# 7,978,856. analyze() sums p.numel() itself, so summing the same model here would restate it.
+@pytest.mark.parametrize("name, ctor, shape, published", [
     ("googlenet", lambda: torchvision.models.googlenet(weights=None, aux_logits=False,
-                                                       init_weights=False), (3, 64, 64)),
-    ("densenet121", lambda: torchvision.models.densenet121(weights=None), (3, 32, 32)),
+                                                       init_weights=False), (3, 64, 64),
+     6_624_904),
+    ("densenet121", lambda: torchvision.models.densenet121(weights=None), (3, 32, 32),
+     7_978_856),
 ])
-def test_branching_torchvision_models_param_totals(name, ctor, shape):
+def test_branching_torchvision_models_param_totals(name, ctor, shape, published):
     model = ctor()
     a = analyze(model, shape)
-    assert a.totals["total_params"] == sum(p.numel() for p in model.parameters())
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    assert weights.meta["num_params"] == published
+    assert a.totals["total_params"] == published
     assert a.totals["output_shape"] == (1000,)
     assert a.totals["receptive_field_exact"] is True
 
@@ -180,8 +189,11 @@ def test_totals_agree_with_torchinfo(resnet18):
     assert list(a.table["depth"]) == [info.depth for info in stats.summary_list]
     # The lecture count differs by the conv biases (none in resnet18: only the fc has one)
     # and the batch norms (2 parameters per channel once per image).
-    bn_params = sum(p.numel() for m in model.modules() if isinstance(m, nn.BatchNorm2d)
-                    for p in m.parameters())
+    # BN channels in resnet18 (hand count): bn1 64; layer1 4·64 = 256; layer2 4·128 + 128 on
+    # the shortcut = 640; layer3 5·256 = 1,280; layer4 5·512 = 2,560; 4,800 channels in all,
+    # each with a weight and a bias: 9,600; the fc bias adds 1,000.
+    bn_params = 2 * (64 + 256 + 640 + 1_280 + 2_560)
+    assert bn_params == 9_600
     assert a.totals["total_macs"] - a.totals["total_macs_lecture"] == bn_params + 1000
 
 
