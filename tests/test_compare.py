@@ -55,15 +55,19 @@ def test_meta_pass_matches_torchvision_resnet18_and_torchinfo():
     model = tv("resnet18")
     info = torchinfo.summary(model, input_size=(1, 3, 224, 224), verbose=0)
     mp = cmp.meta_pass(get_preset("resnet18").spec)
-    assert mp.params == sum(p.numel() for p in model.parameters())  # 11,689,512
+    # torchvision's published size of resnet18 (ResNet18_Weights.IMAGENET1K_V1.meta["num_params"])
+    assert mp.params == 11_689_512
     assert mp.macs == info.total_mult_adds
 
 
 def test_preset_points_match_torchvision_parameter_counts():
     points = cmp.preset_points(["alexnet", "googlenet", "course_lenet"]).set_index("name")
-    assert points.loc["alexnet", "params"] == sum(p.numel() for p in tv("alexnet").parameters())
-    ref = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
-    assert points.loc["googlenet", "params"] == sum(p.numel() for p in ref.parameters())
+    # torchvision's published sizes (the weights' meta["num_params"], and its model table):
+    # AlexNet 61,100,840; GoogLeNet (without the auxiliary heads) 6,624,904.
+    assert torchvision.models.AlexNet_Weights.DEFAULT.meta["num_params"] == 61_100_840
+    assert torchvision.models.GoogLeNet_Weights.DEFAULT.meta["num_params"] == 6_624_904
+    assert points.loc["alexnet", "params"] == 61_100_840
+    assert points.loc["googlenet", "params"] == 6_624_904
     assert points.loc["course_lenet", "macs_lecture"] == LENET_MACS_LECTURE
     assert set(points["group"]) == {"course", "torchvision"}
 
