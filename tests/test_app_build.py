@@ -61,8 +61,9 @@ def test_a_torchvision_preset_fills_the_widgets_and_matches_torchvision():
     assert [by_key(at.number_input, k).value for k in ("f_in_c", "f_in_h", "f_in_w")] == [
         3, 224, 224]
     assert by_key(at.toggle, "f_shortcut_bn").value is True
-    expected = sum(p.numel() for p in torchvision.models.resnet18(weights=None).parameters())
-    assert metric(at, "Parameters").help == f"{expected:,}"
+    # torchvision's published size of resnet18 (its weights' meta["num_params"], 11,689,512)
+    expected = torchvision.models.ResNet18_Weights.DEFAULT.meta["num_params"]
+    assert metric(at, "Parameters").help == f"{expected:,}" == "11,689,512"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
