@@ -55,7 +55,9 @@ def test_opens_on_course_resnet18_against_torchvision():
     assert not at.exception and not at.error
     assert at.multiselect(key="cmp_models").value == ["course_resnet18", "resnet18"]
     reference = torchvision.models.resnet18(weights=None)
-    assert params_shown(at)["resnet18"] == sum(p.numel() for p in reference.parameters())
+    # torchvision's published size of resnet18 (ResNet18_Weights' meta["num_params"])
+    assert torchvision.models.ResNet18_Weights.DEFAULT.meta["num_params"] == 11_689_512
+    assert params_shown(at)["resnet18"] == 11_689_512
     totals = at.table[0].value
     assert list(totals.columns) == ["course_resnet18", "resnet18"]
     assert totals.loc["Input", "resnet18"] == "3×224×224"
