@@ -176,7 +176,11 @@ def test_grouped_conv_bn_pool_and_container_sums():
     assert a.row("block.1")["macs"] > 0  # ... but torchinfo counts its parameters
     assert a.row("pool")["macs_lecture"] == 0
     assert a.row("block")["macs_lecture"] == 16 * 10 * 10 * 18  # a container sums its leaves
-    assert a.row("block")["macs"] == a.row("block.0")["macs"] + a.row("block.1")["macs"]
+    # torchinfo's count by hand: the conv 28,800 + its bias once per output pixel 16·10·10 =
+    # 1,600; the BN its 2·16 = 32 parameters once per image; the container sums them.
+    assert a.row("block.0")["macs"] == 16 * 10 * 10 * 18 + 16 * 10 * 10 == 30_400
+    assert a.row("block.1")["macs"] == 2 * 16
+    assert a.row("block")["macs"] == 30_400 + 32
     assert a.totals["n_bn"] == 1
 
 
