@@ -448,7 +448,7 @@ def test_recorder_size_on_resnet18():
     # torchvision resnet18: stem 64 + layer1 4×64 + layer2 4×128+128 + layer3 5×256
     # + layer4 5×512 = 4800 channels in 20 BN layers.
     assert len(rec.layers) == 20 and sum(rec.layers.values()) == 4800
-    assert rec.every == DEFAULT_EVERY
+    assert rec.every == DEFAULT_EVERY == 50  # every 50th step, as the 40 rows below assume
     model.train()
     for s in range(2):
         with rec.recording(s):
