@@ -131,11 +131,18 @@ def number(f, key: str, disabled: bool = False) -> None:
                     step=1 if is_int else 0.05, format=None if is_int else "%.2f")
 
 
+def column_width(label: str) -> int:
+    """Pixels for an editor column: its header in full, and no wider (the form column is narrow,
+    and the grid's automatic widths cut the last header, e.g. RegNet's "group width")."""
+    return max(52, 8 * len(str(label)) + 30)
+
+
 def table_widget(f, value) -> object:
     """An editable table with named columns, and the tuple in the book's notation below it."""
     frame = rows_to_frame(f, value)
     edited = st.data_editor(frame, key=f"ed_{f.name}_{state['build_version']}",
-                            num_rows="dynamic", hide_index=True, width="stretch")
+                            num_rows="dynamic", hide_index=True, width="stretch",
+                            column_config={c: {"width": column_width(c)} for c in frame.columns})
     note = BOOK_ORDER_NOTE.get(f.row_type, "") if f.row_type else ""
     try:
         rows = frame_to_rows(f, edited)

@@ -247,3 +247,18 @@ def test_compare_layer_rows_read_on_a_projector_in_both_themes(app_url, projecto
         y = box["y"] + 35 * (row + 1) + 8
         png = projector.screenshot(clip={"x": box["x"] + 48, "y": y, "width": 140, "height": 20})
         assert _text_contrast(png) >= 4.5, (row, scheme)
+
+
+def test_a_three_column_stage_editor_fits_the_form_at_1366(app_url, browser, screenshot):
+    """RegNet's stages (depth, width, group width) beside the sidebar on a 1366×768 laptop: the
+    grid's automatic widths cut the last header; the editor's own widths fit all three."""
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    pg = context.new_page()
+    try:
+        _open(pg, app_url + "/?preset=regnet_x_400mf", "[data-testid=stDataFrame]")
+        screenshot(pg, "laptop_build_regnet_stage_editor")
+        editor = pg.evaluate(MEASURE)["tables"][0]
+        assert editor["columns"] >= 3 and editor["headers"] == editor["columns"], editor
+        assert 0 < editor["scroll"] <= editor["client"], editor
+    finally:
+        context.close()
