@@ -60,27 +60,25 @@ APP_SCRIPT = Path(__file__).resolve().parent.parent / "app.py"
 _THROUGH_APP: contextvars.ContextVar[bool] = contextvars.ContextVar("through_app", default=False)
 
 
+# app.py's pages in the sidebar's order: script, title, icon, URL path (None: the default page,
+# served at "/"; Streamlit ignores a url_path on it).
+PAGE_TABLE = (("build.py", "Build", "construction", None),
+         ("train.py", "Train", "monitoring", "train"),
+         ("bn_lab.py", "Batch norm", "equalizer", "bn_lab"),
+         ("inspect.py", "Inspect", "visibility", "inspect"),
+         ("compare.py", "Compare", "compare_arrows", "compare"),
+         ("conv.py", "Conv arithmetic", "calculate", "conv"),
+         ("gallery.py", "Lecture gallery", "school", "gallery"),
+         ("readme.py", "README", "menu_book", "readme"))
+
+
 def app_pages() -> list:
     """app.py's pages, in the sidebar's order (also used by a page that must rerun through
     app.py, see ``use_app_navigation``)."""
     here = APP_SCRIPT.parent / "pages"
-    return [
-        # The default page is served at "/" (Streamlit ignores a url_path on it).
-        st.Page(here / "build.py", title="Build", icon=":material/construction:", default=True),
-        st.Page(here / "train.py", title="Train", icon=":material/monitoring:", url_path="train"),
-        st.Page(here / "bn_lab.py", title="Batch norm", icon=":material/equalizer:",
-                url_path="bn_lab"),
-        st.Page(here / "inspect.py", title="Inspect", icon=":material/visibility:",
-                url_path="inspect"),
-        st.Page(here / "compare.py", title="Compare", icon=":material/compare_arrows:",
-                url_path="compare"),
-        st.Page(here / "conv.py", title="Conv arithmetic", icon=":material/calculate:",
-                url_path="conv"),
-        st.Page(here / "gallery.py", title="Lecture gallery", icon=":material/school:",
-                url_path="gallery"),
-        st.Page(here / "readme.py", title="README", icon=":material/menu_book:",
-                url_path="readme"),
-    ]
+    return [st.Page(here / script, title=title, icon=f":material/{icon}:",
+                    **({"default": True} if path is None else {"url_path": path}))
+            for script, title, icon, path in PAGE_TABLE]
 
 
 def use_app_navigation() -> None:

@@ -13,10 +13,11 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 pytestmark = pytest.mark.browser
 
@@ -180,6 +181,10 @@ def test_the_conv_page_address_follows_its_widgets_and_reopens_them(browser, app
         tab.get_by_text("Pooling", exact=True).click()
         tab.wait_for_url(re.compile(r"conv_mode=Pooling"), timeout=30_000)
         tab.wait_for_selector("text=Window", timeout=30_000)
+        # The hidden widgets leave the address when the run that no longer draws them ends,
+        # after the mode is written: wait for that run, not a fixed time.
+        with suppress(PlaywrightTimeout):
+            tab.wait_for_url(lambda u: "conv_out=" not in u, timeout=30_000)
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(tab.url).query))
         # Hidden in pooling mode, the filters leave the address; Streamlit keeps their value.
         assert "conv_out" not in query and "conv_h" not in query, tab.url
