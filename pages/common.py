@@ -63,13 +63,13 @@ _THROUGH_APP: contextvars.ContextVar[bool] = contextvars.ContextVar("through_app
 # app.py's pages in the sidebar's order: script, title, icon, URL path (None: the default page,
 # served at "/"; Streamlit ignores a url_path on it).
 PAGE_TABLE = (("build.py", "Build", "construction", None),
-         ("train.py", "Train", "monitoring", "train"),
-         ("bn_lab.py", "Batch norm", "equalizer", "bn_lab"),
-         ("inspect.py", "Inspect", "visibility", "inspect"),
-         ("compare.py", "Compare", "compare_arrows", "compare"),
-         ("conv.py", "Conv arithmetic", "calculate", "conv"),
-         ("gallery.py", "Lecture gallery", "school", "gallery"),
-         ("readme.py", "README", "menu_book", "readme"))
+              ("train.py", "Train", "monitoring", "train"),
+              ("bn_lab.py", "Batch norm", "equalizer", "bn_lab"),
+              ("inspect.py", "Inspect", "visibility", "inspect"),
+              ("compare.py", "Compare", "compare_arrows", "compare"),
+              ("conv.py", "Conv arithmetic", "calculate", "conv"),
+              ("gallery.py", "Lecture gallery", "school", "gallery"),
+              ("readme.py", "README", "menu_book", "readme"))
 
 
 def app_pages() -> list:
