@@ -57,6 +57,7 @@ PROBE_VERSION = 4  # another set of probes (or reference kernel) recalibrates a 
 
 
 _lock = threading.Lock()
+_child_lock = threading.Lock()  # one calibrating child per server process
 log = logging.getLogger(__name__)
 
 
@@ -253,9 +254,13 @@ def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
     entry = _read(file).get("devices", {}).get(key, {})
     probes = _entry_records(entry, "probes")
     if _stale(entry, probes) and calibrate_if_missing and in_child:
-        calibrate_in_child(device, precision, file)
-        entry = _read(file).get("devices", {}).get(key, {})
-        probes = _entry_records(entry, "probes")
+        with _child_lock:  # a second caller waits for the first's child instead of starting one
+            entry = _read(file).get("devices", {}).get(key, {})
+            probes = _entry_records(entry, "probes")
+            if _stale(entry, probes):
+                calibrate_in_child(device, precision, file)
+                entry = _read(file).get("devices", {}).get(key, {})
+                probes = _entry_records(entry, "probes")
     if _stale(entry, probes):
         if not calibrate_if_missing:
             return None

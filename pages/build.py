@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pandas as pd
 import streamlit as st
 
 from explorer import charts
@@ -225,8 +226,6 @@ def family_table(spec) -> None:
     """The family's table beside the form (ResNeXt's groups in both readings, RegNet's groups)."""
     found = side_table(spec)
     if found:
-        import pandas as pd
-
         caption, rows = found
         st.markdown(caption)
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
@@ -264,6 +263,10 @@ def layer_table(analysis, name: str) -> None:
     view = view[["layer", "type", "output", "params", "macs", "macs_lecture", "receptive_field",
                  "jump"]].rename(columns={"macs": "MACs", "macs_lecture": "MACs lecture",
                                           "receptive_field": "RF"})
+    # A dash where no spatial map is left (after the global pool, flatten or the classifier):
+    # "not applicable", where an empty number cell would read "None".
+    for col in ("RF", "jump"):
+        view[col] = ["—" if pd.isna(v) else f"{int(v):,}" for v in view[col]]
     # Every row at once (the page scrolls, as a reader expects), up to 60 rows; a deeper
     # table scrolls inside a box of 60 rows (35 px each and the header) rather than grow a page
     # of thousands of pixels.
@@ -274,10 +277,11 @@ def layer_table(analysis, name: str) -> None:
                                     format="localized", help="torchinfo's count (bias included)"),
                                 "MACs lecture": st.column_config.NumberColumn(
                                     format="localized", help="the lecture's count (no bias)"),
-                                "RF": st.column_config.NumberColumn(
-                                    help="receptive field in input pixels"),
-                                "jump": st.column_config.NumberColumn(
-                                    help="effective stride in input pixels")})
+                                "RF": st.column_config.TextColumn(
+                                    help="receptive field in input pixels (— : no map is left)",
+                                    alignment="right"),
+                                "jump": st.column_config.TextColumn(
+                                    help="effective stride in input pixels", alignment="right")})
     st.caption(analysis.totals["macs_note"])
     # Written when clicked: not on every rerun, and not kept in each session's media files.
     st.download_button("Download the table (CSV)", lambda: table_csv(table), f"{name}-layers.csv",

@@ -199,6 +199,12 @@ def get_pool():
         pool = RayDispatcher(default_store_path(), os.environ["RAY_ADDRESS"])
     else:
         pool = WorkerPool(default_store_path())
+        from explorer.admission import warm_up
+
+        # The CPU's speed probes run now, in a child process, not when the first student
+        # waits for an estimate; students who ask meanwhile wait for this one child.
+        warm_up(pool.slots[0].device.split(":")[0] if pool.slots else "cpu",
+                default_store_path())
     atexit.register(pool.close)
     return pool
 

@@ -380,3 +380,18 @@ def test_the_share_link_is_url_encoded_and_reopens_the_model_and_its_view():
     assert metric(again, "Parameters").help == metric(at, "Parameters").help
     by_key(again.radio, "build_view").set_value("Layers").run()
     assert again.select_slider(key="build_levels").value == 3
+
+
+def test_the_layer_table_shows_receptive_fields_by_hand_and_a_dash_where_no_map_is_left():
+    """course_lenet (LeNet-5 with average pools, 1×28×28): RF and jump worked by hand, layer by
+    layer (RF += (k - 1) × jump, jump ×= stride); after the flatten no map is left: a dash."""
+    at = fresh({"preset": "course_lenet"})
+    assert not at.exception
+    table = next(d.value for d in at.dataframe if "layer" in d.value.columns)
+    rows = {name.strip(): (rf, jump) for name, rf, jump
+            in zip(table["layer"], table["RF"], table["jump"], strict=True)}
+    assert rows["features.conv1"] == ("5", "1")   # 1 + (5 - 1) × 1
+    assert rows["features.pool1"] == ("6", "2")   # 5 + (2 - 1) × 1, jump 1 × 2
+    assert rows["features.conv2"] == ("14", "2")  # 6 + (5 - 1) × 2
+    assert rows["features.pool2"] == ("16", "4")  # 14 + (2 - 1) × 2, jump 2 × 2
+    assert {rows[n] for n in rows if n.startswith("head")} == {("—", "—")}

@@ -265,6 +265,35 @@ def test_the_server_calibrates_in_a_child_process_and_reads_its_file(tmp_path, m
     assert calibration.device_key("cpu", "fp32") in json.loads(path.read_text())["devices"]
 
 
+def test_students_asking_at_once_share_one_calibrating_child(tmp_path, monkeypatch):
+    """The pool's warm-up and two students' estimates ask while the file is empty: one child
+    calibrates, the others wait for it and read its file (two children would halve each one's
+    cores and double the wait)."""
+    import threading
+
+    path = tmp_path / "throughput.json"
+    real = calibration.calibrate_in_child
+    children = []
+
+    def counted(*args, **kwargs):
+        children.append(threading.current_thread().name)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(calibration, "calibrate_in_child", counted)
+    results = {}
+
+    def ask(name):
+        results[name] = calibration.load_throughput("cpu", "fp32", path=path, in_child=True)
+
+    threads = [threading.Thread(target=ask, args=(n,), name=n) for n in ("warm-up", "a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(children) == 1
+    assert all(len(r.records) == 7 for r in results.values())
+
+
 def test_each_probe_keeps_the_fastest_of_its_repeats(monkeypatch):
     times = iter([0.30, 0.10, 0.20] * 7)  # a busy machine only ever adds time
     monkeypatch.setattr(calibration, "_probe_seconds", lambda *_a: next(times))
