@@ -62,11 +62,15 @@ def app_url(tmp_path_factory) -> Iterator[str]:
     """Start `streamlit run app.py` on a free port and wait for /_stcore/health."""
     port = _free_port()
     env = os.environ | {"EXPLORER_RUNS_DB": str(tmp_path_factory.mktemp("runs") / "runs.sqlite")}
+    # The server's and its workers' output goes to a file: a pipe nobody reads fills up (64 KiB)
+    # and then blocks whichever server thread writes next, a page run among them.
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log = open(log_path, "wb")  # noqa: SIM115 (open for the server's whole life)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
          "true", "--server.port", str(port), "--server.address", "127.0.0.1",
          "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -78,14 +82,16 @@ def app_url(tmp_path_factory) -> Iterator[str]:
             time.sleep(0.5)
     else:
         proc.kill()
+        log.close()
         raise RuntimeError("the Streamlit server did not become healthy within 90 s: "
-                           + proc.stdout.read().decode(errors="replace")[-2000:])
+                           + log_path.read_bytes().decode(errors="replace")[-2000:])
     yield url
     proc.terminate()
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+    log.close()
 
 
 @pytest.fixture(scope="session")
