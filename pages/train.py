@@ -396,7 +396,7 @@ st.title("Train")
 teacher_box()
 if "tr_url_warning" in state:
     st.warning(state.pop("tr_url_warning"))
-left, right = st.columns([1, 2.3], gap="medium")
+left, right = st.container(key="editor_results").columns([1, 2.3], gap="medium")
 with left:
     settings_panel()
     estimate_line()
