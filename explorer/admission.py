@@ -12,6 +12,7 @@ web server initialises no CUDA): its figures come from what its workers recorded
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -86,16 +87,28 @@ def warm_up(device: str = "cpu", store_path: Any = None) -> threading.Thread | N
     return thread
 
 
+def slots_busy(store: Any, device_type: str, slots: int) -> bool:
+    """True when the runs training on this machine's ``device_type`` (by any worker of
+    ``store`` here) fill its ``slots``: a run started now waits for one of them to end."""
+    running, _ = store.device_load(f"{socket.gethostname()}:", device_type)
+    return slots > 0 and running >= slots
+
+
 def price(spec: SpecBase, config: TrainConfig, data: DataSizes, device: str = "cpu",
-          slots: int = 1, store_path: Any = None) -> Price:
-    """Price a run on the device type ``device`` (``cpu`` or ``cuda``) shared by ``slots``."""
+          slots: int = 1, store_path: Any = None, busy: bool = False) -> Price:
+    """Price a run on the device type ``device`` (``cpu`` or ``cuda``) shared by ``slots``.
+
+    ``busy``: the server's runs fill the slots now (``slots_busy``); the run's time is then
+    priced at the load measured without them (``explorer.estimate.slow_down``).
+    """
     dev = torch.device(device)
     precision = resolve_precision(config.precision, dev) if dev.type == "cpu" else (
         "fp32" if config.precision == "fp32" else "bf16")
     footprint = estimate_footprint(spec, config, data, precision)
     calibration = calibration_path(store_path)
     throughput = load_throughput(dev, precision, calibration,
-                                 calibrate_if_missing=dev.type == "cpu", in_child=True)
+                                 calibrate_if_missing=dev.type == "cpu", in_child=True,
+                                 busy=busy)
     refusal = None
     epoch_s = total_s = None
     if throughput is not None:

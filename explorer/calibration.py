@@ -241,13 +241,15 @@ def _entry_records(entry: dict[str, Any], kind: str) -> list[Record]:
 
 def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
                     path: str | Path | None = None, calibrate_if_missing: bool = True,
-                    in_child: bool = False) -> Throughput | None:
+                    in_child: bool = False, busy: bool = False) -> Throughput | None:
     """This device's throughput from the calibration file, calibrating once when it has none.
 
     Args:
         in_child: calibrate in a child process (the web server: the probes train, which
             reseeds torch's generator and competes with the pages for this process's cores);
             the child writes the file, this process reads it.
+        busy: this server's workers fill the device's slots now (``explorer.estimate.slow_down``:
+            their load is not a queued run's).
     """
     file = Path(path) if path else calibration_path()
     key = device_key(device, precision)
@@ -280,7 +282,7 @@ def load_throughput(device: str | torch.device = "cpu", precision: str = "fp32",
     if torch.device(device).type == "cpu":
         reference = entry.get("reference_s")
         valid = isinstance(reference, float) and math.isfinite(reference) and reference > 0
-        share = slow_down(reference) if valid else cpu_share()
+        share = slow_down(reference, busy=busy) if valid else cpu_share()
     return Throughput(key, probes + _entry_records(entry, "runs"), entry.get("calibrated_at", ""),
                       share)
 

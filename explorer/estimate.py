@@ -26,6 +26,7 @@ import functools
 import itertools
 import math
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -273,45 +274,64 @@ def _reference_step() -> Any:
     return step
 
 
-def reference_seconds(sample_s: float = 0.2, clock: Any = time.perf_counter) -> float:
-    """Seconds per step of the reference kernel by ``clock``: the median of three windows of
-    ``sample_s / 3`` of wall time each (a burst of other work in one window does not count).
+def reference_seconds(sample_s: float = 0.2, clock: Any = time.perf_counter,
+                      windows: int = 5) -> float:
+    """Seconds per step of the reference kernel by ``clock``: the fastest of ``windows`` windows
+    of ``sample_s / windows`` of wall time each.
 
-    The calibration times it by CPU time beside the probes (``explorer.calibration``); timed by
-    the wall clock now, the ratio of the two is the slow-down a run would see (``slow_down``).
+    Other work only ever adds time to a window, so the fastest is the machine's speed now: a
+    burst (another thread's analysis, a page rendering) slows one window, while load that
+    lasts (another program training) slows every window and stays in the figure. The
+    calibration times it by CPU time beside the probes (``explorer.calibration``); timed by the
+    wall clock now, the ratio of the two is the slow-down a run would see (``slow_down``).
     It leaves torch's global generator as it was.
     """
     step = _reference_step()
     step()  # allocations and kernel choice, once
-    windows = []
-    for _ in range(3):
+    times = []
+    for _ in range(max(1, windows)):
         n, start, wall0 = 0, clock(), time.perf_counter()
-        while time.perf_counter() - wall0 < sample_s / 3 or n < 2:
+        while time.perf_counter() - wall0 < sample_s / max(1, windows) or n < 2:
             step()
             n += 1
-        windows.append((clock() - start) / n)
-    return statistics.median(windows)
+        times.append((clock() - start) / n)
+    return min(times)
 
 
 _slow_cache: dict[float, tuple[float, float]] = {}  # reference → (measured at, slow-down)
+# One measurement at a time in a process: two at once would each time the other (torch's
+# threads of both on the same cores: 12 times the idle time on 2 cores), and callers who come
+# meanwhile take the figure the first one measured.
+_slow_lock = threading.Lock()
 
 
-def slow_down(reference_s: float, sample_s: float = 0.2, max_age_s: float = 15.0) -> float:
+def slow_down(reference_s: float, sample_s: float = 0.2, max_age_s: float = 15.0,
+              busy: bool = False) -> float:
     """How much slower than at calibration a run goes now: the reference kernel's wall time now
     over its CPU time at calibration (``reference_s``).
 
     Both the time the machine's other work takes from a run (which ``cpu_share`` sees) and the
     slower CPU time of every step when that work competes for caches and memory (which it does
     not) enter it; the calibration's probes were timed under the same conditions as
-    ``reference_s``, so what contention they saw cancels. Between 0.25 and 100; cached.
+    ``reference_s``, so what contention they saw cancels. Between 0.25 and 100; cached
+    ``max_age_s``.
+
+    Args:
+        busy: this server's own workers fill this machine's CPU slots now. A run started now
+            waits for them in the queue and then trains without them, so their load is not its
+            own: the last figure measured without them stands (1, the calibrated speed, when
+            there is none), and nothing is measured.
     """
-    now = time.perf_counter()
-    cached = _slow_cache.get(reference_s)
-    if cached and now - cached[0] < max_age_s:
-        return cached[1]
-    share = min(100.0, max(0.25, reference_seconds(sample_s) / reference_s))
-    _slow_cache[reference_s] = (time.perf_counter(), share)
-    return share
+    with _slow_lock:
+        now = time.perf_counter()
+        cached = _slow_cache.get(reference_s)
+        if busy:
+            return cached[1] if cached else 1.0
+        if cached and now - cached[0] < max_age_s:
+            return cached[1]
+        share = min(100.0, max(0.25, reference_seconds(sample_s) / reference_s))
+        _slow_cache[reference_s] = (time.perf_counter(), share)
+        return share
 
 
 def estimate_epoch_seconds(spec: SpecBase, config: Any, data: DataSizes,

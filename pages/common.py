@@ -228,7 +228,7 @@ def get_manager():
 def _price(spec_json: str, config_json: str, data_name: str, data_dir: str, download: bool):
     import json
 
-    from explorer.admission import price
+    from explorer.admission import price, slots_busy
     from explorer.footprint import DataSizes
     from explorer.runs import default_store_path
     from explorer.training import TrainConfig
@@ -237,9 +237,10 @@ def _price(spec_json: str, config_json: str, data_name: str, data_dir: str, down
     slots = pool.slots if pool is not None else []
     device = slots[0].device.split(":")[0] if slots else "cpu"
     data = DataSizes.of(dataset(data_name, data_dir, download))
+    n = max(1, sum(s.device.startswith(device) for s in slots))
+    busy = device == "cpu" and slots_busy(get_manager().store, device, n)
     return price(spec_from_json(spec_json), TrainConfig.from_dict(json.loads(config_json)), data,
-                 device, max(1, sum(s.device.startswith(device) for s in slots)),
-                 default_store_path())
+                 device, n, default_store_path(), busy)
 
 
 def price_run(spec, config, ref):

@@ -61,11 +61,7 @@ def _free_port() -> int:
 def app_url(tmp_path_factory) -> Iterator[str]:
     """Start `streamlit run app.py` on a free port and wait for /_stcore/health."""
     port = _free_port()
-    # The budget per run is lifted: the browser tests check the estimate, the queue and Stop,
-    # not the refusal (AppTests check that); the load factor measured at a page's pricing can
-    # read many times the idle speed for a moment, which would refuse the queue test's run.
-    env = os.environ | {"EXPLORER_RUNS_DB": str(tmp_path_factory.mktemp("runs") / "runs.sqlite"),
-                        "EXPLORER_RUN_BUDGET_S": "86400"}
+    env = os.environ | {"EXPLORER_RUNS_DB": str(tmp_path_factory.mktemp("runs") / "runs.sqlite")}
     # The server's and its workers' output goes to a file: a pipe nobody reads fills up (64 KiB)
     # and then blocks whichever server thread writes next, a page run among them.
     log_path = tmp_path_factory.mktemp("server") / "server.log"

@@ -9,17 +9,27 @@ pytestmark = pytest.mark.browser
 LINK = "/train?tr_source=preset&tr_preset=course_lenet5&tr_epochs={epochs}&tr_seed={seed}"
 
 
-def start(page, app_url: str, epochs: int, seed: int) -> str:
-    """Open the Train page as a new student, read the estimate, press Start; the run's id."""
+def per_epoch(text: str) -> float:
+    """Seconds per epoch in the page's estimate ("Under 1 s per epoch…" reads as 1)."""
+    if re.search(r"Under 1 s per epoch", text):
+        return 1.0
+    number, unit = re.search(r"About ([\d.,]+) (s|min|h) per epoch", text).groups()
+    return float(number.replace(",", "")) * {"s": 1, "min": 60, "h": 3600}[unit]
+
+
+def start(page, app_url: str, epochs: int, seed: int) -> tuple[str, float]:
+    """Open the Train page as a new student, read the estimate, press Start; the run's id and
+    the estimate's seconds per epoch."""
     page.goto(app_url + LINK.format(epochs=epochs, seed=seed))
     estimate = page.get_by_text(re.compile(r"(About|Under) .* per epoch on this server"))
     # A fresh server's first estimate waits for the CPU's speed probes (a child process the
     # pool starts: about 3 s idle, 47 s at a load average of 10, more under a full test run).
     estimate.wait_for(timeout=240_000)
-    assert "of memory at batch size 128" in estimate.inner_text()
+    text = estimate.inner_text()
+    assert "of memory at batch size 128" in text
     page.get_by_role("button", name="Start training").click()
     page.wait_for_url(re.compile(r"run=\d+"), timeout=60_000)
-    return re.search(r"run=(\d+)", page.url).group(1)
+    return re.search(r"run=(\d+)", page.url).group(1), per_epoch(text)
 
 
 def test_two_students_see_the_estimate_the_queue_and_stop(app_url, browser, screenshot):
@@ -27,9 +37,16 @@ def test_two_students_see_the_estimate_the_queue_and_stop(app_url, browser, scre
     second = browser.new_context(viewport={"width": 1366, "height": 768}).new_page()
     try:
         # One worker on this server: the first student's long run holds it.
-        a = start(first, app_url, 20, 1)
+        a, alone = start(first, app_url, 40, 1)
         first.get_by_text(re.compile(f"Your run {a} is training")).wait_for(timeout=120_000)
-        b = start(second, app_url, 1, 2)
+        # The server keeps its figure of the machine's load 15 s: the second student's comes
+        # after, while the first run trains.
+        first.wait_for_timeout(16_000)
+        b, queued = start(second, app_url, 1, 2)
+        # The second run waits for the first, then trains alone: its epoch is priced at the
+        # machine's load without the first run (which, measured now, read up to 40 times it).
+        # The page rounds to whole seconds: one more either way.
+        assert queued <= 1.5 * alone + 1 and alone <= 1.5 * queued + 1, (alone, queued)
         second.get_by_text(f"Your run {b} is waiting: position 1 in the queue").wait_for(
             timeout=60_000)
         # Pressing Start again queues no duplicate: the sentence says which run it is.

@@ -173,6 +173,91 @@ def test_slow_down_is_the_reference_kernels_wall_time_over_its_calibrated_cpu_ti
     assert estimate_module.slow_down(0.001) == pytest.approx(3.0)  # cached
 
 
+def test_reference_seconds_keeps_the_fastest_window(monkeypatch):
+    """Bursts of other work in most windows leave the figure at the kernel's own time."""
+    calls = []
+
+    def step():  # 2 ms a step, and a 30 ms burst in the first three of five windows
+        calls.append(None)
+        time.sleep(0.032 if len(calls) in (2, 12, 22) else 0.002)
+
+    monkeypatch.setattr(estimate_module, "_reference_step", lambda: step)
+    # Five windows of 20 ms: about ten steps each; the bursts land in windows 1 to 3.
+    fastest = estimate_module.reference_seconds(sample_s=0.1)
+    assert fastest == pytest.approx(0.002, abs=0.0012)  # sleep overshoots by a fraction of a ms
+    calls.clear()
+    # One window over the same bursts (a mean, as any one window is) reads half again at least.
+    three = estimate_module.reference_seconds(sample_s=0.1, windows=1)
+    assert three > 1.5 * 0.002
+
+
+def test_while_its_own_runs_fill_the_cpu_the_server_keeps_the_load_measured_without_them(
+        monkeypatch):
+    monkeypatch.setattr(estimate_module, "_slow_cache", {})
+
+    def no_probe(sample_s):
+        raise AssertionError("measured while the server's own runs train")
+
+    monkeypatch.setattr(estimate_module, "reference_seconds", no_probe)
+    # No figure yet: the calibrated speed.
+    assert estimate_module.slow_down(0.001, busy=True) == 1.0
+    monkeypatch.setattr(estimate_module, "reference_seconds", lambda sample_s: 0.002)
+    assert estimate_module.slow_down(0.001) == pytest.approx(2.0)  # quiet: measured
+    monkeypatch.setattr(estimate_module, "reference_seconds", no_probe)
+    # Busy, however long after: the quiet figure, not a new measurement of its own runs' load.
+    assert estimate_module.slow_down(0.001, max_age_s=0, busy=True) == pytest.approx(2.0)
+
+
+def test_students_pricing_at_once_share_one_measurement(monkeypatch):
+    """Two measurements at once would time each other (torch's threads of both on the cores)."""
+    import threading
+
+    monkeypatch.setattr(estimate_module, "_slow_cache", {})
+    measured = []
+
+    def reference(sample_s):
+        measured.append(threading.get_ident())
+        time.sleep(0.2)
+        return 0.003
+
+    monkeypatch.setattr(estimate_module, "reference_seconds", reference)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(estimate_module.slow_down(0.001)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(measured) == 1
+    assert results == [pytest.approx(3.0)] * 4
+
+
+def test_slots_busy_counts_the_runs_training_on_this_machine(tmp_path):
+    import socket
+
+    from explorer.admission import slots_busy
+    from explorer.runs import RunStore
+
+    store = RunStore(tmp_path / "runs.db")
+    try:
+        job = {"dataset": "digits"}
+        ids = [store.create_run(f"r{i}", {"family": "lenet"}, {}, "queued", job=job)
+               for i in range(3)]
+        assert not slots_busy(store, "cpu", 1)
+        here = f"{socket.gethostname()}:pool1:abc"
+        assert store.claim(here, "cpu", "cpu")["id"] == ids[0]
+        assert slots_busy(store, "cpu", 1)
+        assert not slots_busy(store, "cpu", 2)  # a second slot is free: a run starts now
+        assert not slots_busy(store, "cuda", 1)
+        # A worker on another machine of a shared store takes nothing from this one's CPU.
+        store.claim("elsewhere.example:7:def", "cpu", "cpu")
+        assert not slots_busy(store, "cpu", 2)
+        store.claim(here.replace("abc", "ghi"), "cpu", "cpu")
+        assert slots_busy(store, "cpu", 2)
+    finally:
+        store.close()
+
+
 def test_epoch_sentence():
     assert epoch_sentence(41.6) == "about 42 s per epoch on this server"
     assert epoch_sentence(300) == "about 5 min per epoch on this server"
@@ -240,7 +325,7 @@ def test_calibration_is_cached_and_refined_by_runs(tmp_path, monkeypatch):
     result = types.SimpleNamespace(device="cpu", precision="fp32", elapsed_s=20.0, epoch_metrics=[
         {"images_per_s": 256.0, "eval_time_s": 2.0, "test_acc": 0.9}])
     calibration.record_result(work, result, path=path, idle_seconds=10.0)
-    monkeypatch.setattr(calibration, "slow_down", lambda _ref: 1.5)  # the slow-down now
+    monkeypatch.setattr(calibration, "slow_down", lambda _ref, busy=False: 1.5)  # the slow-down now
     refined = calibration.load_throughput("cpu", "fp32", path=path)
     assert refined.seconds(work.step_features()) == pytest.approx(0.25 * 1.5)
     assert refined.seconds(work.eval_features()) == pytest.approx(1.0 * 1.5)
