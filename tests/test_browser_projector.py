@@ -2,9 +2,10 @@
 
 A 1024×768 screen at 150 % zoom is a 683×512 CSS-pixel viewport drawn at device scale 1.5.
 Each page is loaded there with a dark and with a light system theme; the test asserts that
-no headline number (st.metric) is cut, that every table shows all its columns, that nothing
-runs off the page sideways, that no heading wraps mid-word, and saves a screenshot under
-test-artifacts/ (look at them).
+no headline number (st.metric) is cut, that every table shows all its columns, that no
+select box's chosen value and no multiselect chip is cut, that nothing runs off the page
+sideways, that no heading wraps mid-word, and saves a screenshot under test-artifacts/ (look
+at them).
 """
 
 from __future__ import annotations
@@ -15,22 +16,56 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 PROJECTOR = {"viewport": {"width": 683, "height": 512}, "device_scale_factor": 1.5}
-# page → (path, what shows that it has drawn, how many metrics it shows on a fresh visit)
+# page → (path, what shows that it has drawn, how many metrics, select boxes and multiselect
+# chips it shows on a fresh visit: at least these many are measured)
 PAGES = {
-    "build": ("/", "[data-testid=stMetric]", 6),
-    "train": ("/train", "h1", 0),
-    "bn_lab": ("/bn_lab", "h1", 0),
-    "compare": ("/compare", "[data-testid=stMetric]", 2),
-    "conv": ("/conv", ".working-box", 4),
-    "gallery": ("/gallery", "[data-testid=stButton]", 0),
-    "inspect": ("/inspect", "h1", 0),
-    "readme": ("/readme", "h1", 0),
+    "build": ("/", "[data-testid=stMetric]", 6, 5, 0),
+    "train": ("/train", "h1", 0, 5, 0),
+    "bn_lab": ("/bn_lab", "h1", 0, 3, 0),
+    "compare": ("/compare", "[data-testid=stMetric]", 2, 0, 2),
+    "conv": ("/conv", ".working-box", 4, 0, 0),
+    "gallery": ("/gallery", "[data-testid=stButton]", 0, 0, 0),
+    "inspect": ("/inspect", "h1", 0, 0, 0),
+    "readme": ("/readme", "h1", 0, 0, 0),
 }
 
 # For each metric value: its text and whether it fits its box (the markdown container that
 # Streamlit cuts with an ellipsis). For each table (Glide data grid): the columns it has, the
 # header cells it draws (only the visible ones), and its scroller's content and box widths.
-MEASURE = r"""() => {
+# For each select box in the page's body: the text it shows (the value of its combobox input,
+# or the placeholder when it has none), the input's content and box widths (Chromium's
+# scrollWidth of a text input grows past its clientWidth when the text is clipped), and a
+# second measure: that text laid out on a canvas in the input's own font, against the room
+# inside the input's padding. For each multiselect chip: its label's text, its content and box
+# widths (the label is cut with an ellipsis inside its chip), and, unrounded, the width of its
+# text as laid out against the room inside its box (scrollWidth and clientWidth are whole
+# pixels: a label 0.4 px too wide is ellipsed yet can round to the same number).
+MEASURE = r"""async () => {
+  await document.fonts.ready;
+  const pen = document.createElement('canvas').getContext('2d');
+  const selects = [...document.querySelectorAll('[data-testid=stMain] [data-testid=stSelectbox]')]
+    .filter(s => s.offsetParent !== null).map(s => {
+      const input = s.querySelector('input[role=combobox]');
+      const style = getComputedStyle(input);
+      const text = input.value || input.placeholder;
+      pen.font = style.font;
+      return {label: input.getAttribute('aria-label'), text,
+              scroll: input.scrollWidth, client: input.clientWidth,
+              width: pen.measureText(text).width,
+              room: input.clientWidth - parseFloat(style.paddingLeft)
+                    - parseFloat(style.paddingRight)};
+    });
+  const chips = [...document.querySelectorAll(
+      '[data-testid=stMain] [data-testid=stMultiSelect] [data-tag] > span')]
+    .filter(c => c.offsetParent !== null).map(c => {
+      const text = document.createRange(); text.selectNodeContents(c);
+      const style = getComputedStyle(c);
+      return {label: c.closest('[data-testid=stMultiSelect]').querySelector('label').textContent,
+              text: c.textContent, scroll: c.scrollWidth, client: c.clientWidth,
+              width: text.getBoundingClientRect().width,
+              room: c.getBoundingClientRect().width - parseFloat(style.paddingLeft)
+                    - parseFloat(style.paddingRight)};
+    });
   const metrics = [...document.querySelectorAll('[data-testid=stMetricValue]')].map(v => {
     const box = v.querySelector('[data-testid=stMarkdownContainer]') || v;
     return {text: box.textContent.trim(), scroll: box.scrollWidth, client: box.clientWidth};
@@ -64,7 +99,8 @@ MEASURE = r"""() => {
     }
   }
   const main = document.querySelector('[data-testid=stMain]');
-  return {metrics, tables, midword, mainScroll: main.scrollWidth, mainClient: main.clientWidth};
+  return {metrics, tables, selects, chips, midword, mainScroll: main.scrollWidth,
+          mainClient: main.clientWidth};
 }"""
 
 # WCAG relative luminance and contrast ratio of two computed CSS colours.
@@ -77,6 +113,16 @@ CONTRAST = """([fg, bg]) => {
   const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
   return (a + 0.05) / (b + 0.05);
 }"""
+
+
+def _cut_selects(seen: dict) -> list[dict]:
+    """The select boxes of a MEASURE whose shown text is clipped, by either measure."""
+    return [s for s in seen["selects"] if s["scroll"] > s["client"] or s["width"] > s["room"]]
+
+
+def _cut_chips(seen: dict) -> list[dict]:
+    """The multiselect chips of a MEASURE whose label is ellipsed (a layout unit is 1/64 px)."""
+    return [c for c in seen["chips"] if c["scroll"] > c["client"] or c["width"] > c["room"] + 0.1]
 
 
 @pytest.fixture
@@ -105,7 +151,7 @@ def _app_background(pg) -> str:
 @pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
 @pytest.mark.parametrize("name", list(PAGES))
 def test_page_on_projector(app_url, projector, screenshot, name):
-    path, ready, n_metrics = PAGES[name]
+    path, ready, n_metrics, n_selects, n_chips = PAGES[name]
     _open(projector, app_url + path, ready)
     # The system's theme is followed: a dark background (contrast with black under 2) in
     # the dark scheme, a light one in the light scheme.
@@ -127,6 +173,13 @@ def test_page_on_projector(app_url, projector, screenshot, name):
     assert not cut, f"metrics cut on {name}: {cut}"
     hidden = [t for t in seen["tables"] if t["headers"] < t["columns"] or t["scroll"] > t["client"]]
     assert not hidden, f"tables with hidden columns on {name}: {hidden}"
+    # Every select box shows its whole value: a preset or a dataset cut to "5,000 MNIST digits
+    # (of" cannot be read by a class. The canvas measure is the second method: it must agree.
+    assert len(seen["selects"]) >= n_selects and len(seen["chips"]) >= n_chips, \
+        (name, seen["selects"], seen["chips"])
+    clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
+    assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
+    assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
     assert seen["mainScroll"] <= seen["mainClient"], f"{name} runs off the page sideways"
     assert not seen["midword"], f"headings broken mid-word on {name}: {seen['midword']}"
 
@@ -143,6 +196,31 @@ def test_build_tables_show_every_column(app_url, projector, screenshot):
     # The layer table: name, type, output shape, params, MACs, MACs lecture, RF, jump at least.
     assert max(t["columns"] for t in tables) >= 8
     assert all(t["headers"] == t["columns"] and t["scroll"] <= t["client"] for t in tables), tables
+
+
+def test_the_select_check_sees_a_cut_value(app_url, projector, screenshot):
+    """The measure behind the select-box and chip assertions is live: the same boxes pass as
+    drawn, and fail once a value too long for them is put in (the Build page's Preset, and a
+    Compare chip), with the two measures agreeing on the widths."""
+    long_name = "course_resnet18_cifar " * 8
+    _open(projector, app_url + "/", "[data-testid=stMetric]")
+    assert _cut_selects(projector.evaluate(MEASURE)) == []
+    projector.get_by_role("combobox", name="Preset").evaluate("(i, v) => { i.value = v; }",
+                                                              long_name)
+    cut = _cut_selects(projector.evaluate(MEASURE))
+    assert [s["label"] for s in cut] == ["Preset"], cut
+    # Both measures: the input's content is wider than its box, and the text in its font is
+    # wider than the room inside its padding, by about the same amount.
+    assert cut[0]["scroll"] > cut[0]["client"] and cut[0]["width"] > cut[0]["room"]
+    assert abs((cut[0]["scroll"] - cut[0]["client"]) - (cut[0]["width"] - cut[0]["room"])) < 40
+    _open(projector, app_url + "/compare", "[data-testid=stMetric]")
+    assert len(projector.evaluate(MEASURE)["chips"]) == 2
+    assert _cut_chips(projector.evaluate(MEASURE)) == []
+    chip = projector.locator("[data-testid=stMultiSelect] [data-tag] > span").first
+    chip.evaluate("(c, v) => { c.textContent = v; }", long_name)
+    screenshot(projector, "projector_dark_compare_cut_chip")
+    cut = _cut_chips(projector.evaluate(MEASURE))
+    assert [c["text"] for c in cut] == [long_name], cut
 
 
 @pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
