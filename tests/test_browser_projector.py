@@ -14,6 +14,7 @@ import contextlib
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 PROJECTOR = {"viewport": {"width": 683, "height": 512}, "device_scale_factor": 1.5}
 # page → (path, what shows that it has drawn, how many metrics, select boxes and multiselect
@@ -32,14 +33,16 @@ PAGES = {
 # For each metric value: its text and whether it fits its box (the markdown container that
 # Streamlit cuts with an ellipsis). For each table (Glide data grid): the columns it has, the
 # header cells it draws (only the visible ones), and its scroller's content and box widths.
-# For each select box in the page's body: the text it shows (the value of its combobox input,
-# or the placeholder when it has none), the input's content and box widths (Chromium's
-# scrollWidth of a text input grows past its clientWidth when the text is clipped), and a
-# second measure: that text laid out on a canvas in the input's own font, against the room
-# inside the input's padding. For each multiselect chip: its label's text, its content and box
-# widths (the label is cut with an ellipsis inside its chip), and, unrounded, the width of its
-# text as laid out against the room inside its box (scrollWidth and clientWidth are whole
-# pixels: a label 0.4 px too wide is ellipsed yet can round to the same number).
+# For each select box in the page's body that is laid out (one in a closed expander is: the
+# expander hides it without changing its width; one in a tab not chosen is not): the text it
+# shows (the value of its combobox input, or the placeholder when it has none), the input's
+# content and box widths (Chromium's scrollWidth of a text input grows past its clientWidth
+# when the text is clipped), and a second measure: that text laid out on a canvas in the
+# input's own font, against the room inside the input's padding. For each multiselect chip:
+# its label's text, its content and box widths (the label is cut with an ellipsis inside its
+# chip), and, unrounded, the width of its text as laid out against the room inside its box
+# (scrollWidth and clientWidth are whole pixels: a label 0.4 px too wide is ellipsed yet can
+# round to the same number).
 MEASURE = r"""async () => {
   await document.fonts.ready;
   const pen = document.createElement('canvas').getContext('2d');
@@ -101,6 +104,34 @@ MEASURE = r"""async () => {
   const main = document.querySelector('[data-testid=stMain]');
   return {metrics, tables, selects, chips, midword, mainScroll: main.scrollWidth,
           mainClient: main.clientWidth};
+}"""
+
+# The open list of a select box (the one its input controls): every option's text, read while
+# scrolling the list, since a long list draws only the options in view (each then carries its
+# place in the list and the list's size; a short list draws them all, without), and each
+# text's width in the font of the box's input (where a chosen value is shown) against the room
+# inside that input's padding.
+OPTIONS = r"""async (input) => {
+  const list = document.getElementById(input.getAttribute('aria-controls'));
+  const texts = new Map();
+  let size = -1;
+  for (let top = 0; ; top += list.clientHeight / 2) {
+    list.scrollTop = top;
+    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+    [...list.querySelectorAll('[role=option]')].forEach((o, k) => {
+      const at = o.getAttribute('aria-posinset');
+      if (at !== null) size = Number(o.getAttribute('aria-setsize'));
+      texts.set(at === null ? k : Number(at) - 1, o.textContent);
+    });
+    if (list.scrollTop + list.clientHeight >= list.scrollHeight) break;
+  }
+  if (size < 0) size = texts.size;
+  const style = getComputedStyle(input);
+  const pen = document.createElement('canvas').getContext('2d');
+  pen.font = style.font;
+  return {size, options: [...texts.values()].map(text => ({text,
+            width: pen.measureText(text).width})),
+          room: input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)};
 }"""
 
 # WCAG relative luminance and contrast ratio of two computed CSS colours.
@@ -221,6 +252,44 @@ def test_the_select_check_sees_a_cut_value(app_url, projector, screenshot):
     screenshot(projector, "projector_dark_compare_cut_chip")
     cut = _cut_chips(projector.evaluate(MEASURE))
     assert [c["text"] for c in cut] == [long_name], cut
+
+
+@pytest.mark.parametrize("name", [n for n in PAGES if PAGES[n][3]])
+def test_every_option_fits_its_select_box_on_a_projector(app_url, projector, screenshot, name):
+    """Whatever a teacher picks in front of the class reads whole: every option of every select
+    box a page shows on a fresh visit fits the box at 683×512 ×1.5 (the chosen value is
+    checked in test_page_on_projector; this is every other one, e.g. course_resnet_3x4_28)."""
+    path, ready, _, n_selects, _ = PAGES[name]
+    _open(projector, app_url + path, ready)
+    boxes = projector.locator("[data-testid=stMain] [data-testid=stSelectbox]").all()
+    assert len(boxes) >= n_selects
+    too_long = {}
+    for box in boxes:
+        if not box.evaluate("b => b.offsetParent !== null"):  # in a tab not chosen
+            continue
+        if not box.is_visible():  # in a closed expander: open it, as a teacher would
+            box.locator("xpath=ancestor::details[1]/summary").click()
+            box.wait_for(state="visible")
+            projector.wait_for_timeout(600)  # the expander's opening animation
+        # Mid-screen, so that the list opens without scrolling the page (which closes it).
+        box.evaluate("b => b.scrollIntoView({block: 'center'})")
+        value = box.locator("input[role=combobox]")
+        label, chosen = value.get_attribute("aria-label"), value.input_value()
+        box.get_by_role("button", name="Open").click()
+        projector.wait_for_selector("[role=listbox] [role=option]")
+        seen = value.evaluate(OPTIONS)
+        assert len(seen["options"]) == seen["size"] > 0, (label, seen)
+        if chosen:
+            assert chosen in [o["text"] for o in seen["options"]], (label, chosen, seen)
+        cut = [o["text"] for o in seen["options"] if o["width"] > seen["room"]]
+        if cut:
+            screenshot(projector, f"projector_dark_{name}_options_{label}")
+            too_long[label] = (cut, seen["room"])
+        projector.keyboard.press("Escape")
+        projector.wait_for_selector("[role=listbox]", state="detached")
+        # Looking changed nothing (a clearable box's input reads "" for a moment).
+        expect(value).to_have_value(chosen)
+    assert not too_long, f"options cut in their select box on {name}: {too_long}"
 
 
 @pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
