@@ -168,6 +168,10 @@ def projector(browser, request):
 def _open(pg, url: str, selector: str) -> None:
     pg.goto(url)
     pg.wait_for_selector(selector, timeout=90_000)
+    _settle(pg)
+
+
+def _settle(pg) -> None:
     # The rest of the page: the script run is over when Streamlit's "Running…"/"Stop" status
     # widget goes (a page that polls may keep it, hence the time limit and no failure).
     with contextlib.suppress(PlaywrightTimeout):
@@ -254,6 +258,40 @@ def test_the_select_check_sees_a_cut_value(app_url, projector, screenshot):
     assert [c["text"] for c in cut] == [long_name], cut
 
 
+def _options_cut(pg, screenshot, name: str) -> tuple[int, dict]:
+    """Open the list of every select box laid out on the page, one at a time: how many were
+    opened, and for each box with options too wide for it, those options and its room."""
+    boxes = pg.locator("[data-testid=stMain] [data-testid=stSelectbox]").all()
+    opened, too_long = 0, {}
+    for box in boxes:
+        if not box.evaluate("b => b.offsetParent !== null"):  # in a tab not chosen
+            continue
+        if not box.is_visible():  # in a closed expander: open it, as a teacher would
+            box.locator("xpath=ancestor::details[1]/summary").click()
+            box.wait_for(state="visible")
+            pg.wait_for_timeout(600)  # the expander's opening animation
+        # Mid-screen, so that the list opens without scrolling the page (which closes it).
+        box.evaluate("b => b.scrollIntoView({block: 'center'})")
+        value = box.locator("input[role=combobox]")
+        label, chosen = value.get_attribute("aria-label"), value.input_value()
+        box.get_by_role("button", name="Open", exact=True).click()
+        pg.wait_for_selector("[role=listbox] [role=option]")
+        seen = value.evaluate(OPTIONS)
+        assert len(seen["options"]) == seen["size"] > 0, (label, seen)
+        if chosen:
+            assert chosen in [o["text"] for o in seen["options"]], (label, chosen, seen)
+        cut = [o["text"] for o in seen["options"] if o["width"] > seen["room"]]
+        if cut:
+            screenshot(pg, f"projector_dark_{name}_options_{label}")
+            too_long[label] = (cut, seen["room"])
+        pg.keyboard.press("Escape")
+        pg.wait_for_selector("[role=listbox]", state="detached")
+        # Looking changed nothing (a clearable box's input reads "" for a moment).
+        expect(value).to_have_value(chosen)
+        opened += 1
+    return opened, too_long
+
+
 @pytest.mark.parametrize("name", [n for n in PAGES if PAGES[n][3]])
 def test_every_option_fits_its_select_box_on_a_projector(app_url, projector, screenshot, name):
     """Whatever a teacher picks in front of the class reads whole: every option of every select
@@ -261,34 +299,56 @@ def test_every_option_fits_its_select_box_on_a_projector(app_url, projector, scr
     checked in test_page_on_projector; this is every other one, e.g. course_resnet_3x4_28)."""
     path, ready, _, n_selects, _ = PAGES[name]
     _open(projector, app_url + path, ready)
-    boxes = projector.locator("[data-testid=stMain] [data-testid=stSelectbox]").all()
-    assert len(boxes) >= n_selects
-    too_long = {}
-    for box in boxes:
-        if not box.evaluate("b => b.offsetParent !== null"):  # in a tab not chosen
-            continue
-        if not box.is_visible():  # in a closed expander: open it, as a teacher would
-            box.locator("xpath=ancestor::details[1]/summary").click()
-            box.wait_for(state="visible")
-            projector.wait_for_timeout(600)  # the expander's opening animation
-        # Mid-screen, so that the list opens without scrolling the page (which closes it).
-        box.evaluate("b => b.scrollIntoView({block: 'center'})")
-        value = box.locator("input[role=combobox]")
-        label, chosen = value.get_attribute("aria-label"), value.input_value()
-        box.get_by_role("button", name="Open").click()
-        projector.wait_for_selector("[role=listbox] [role=option]")
-        seen = value.evaluate(OPTIONS)
-        assert len(seen["options"]) == seen["size"] > 0, (label, seen)
-        if chosen:
-            assert chosen in [o["text"] for o in seen["options"]], (label, chosen, seen)
-        cut = [o["text"] for o in seen["options"] if o["width"] > seen["room"]]
-        if cut:
-            screenshot(projector, f"projector_dark_{name}_options_{label}")
-            too_long[label] = (cut, seen["room"])
-        projector.keyboard.press("Escape")
-        projector.wait_for_selector("[role=listbox]", state="detached")
-        # Looking changed nothing (a clearable box's input reads "" for a moment).
-        expect(value).to_have_value(chosen)
+    opened, too_long = _options_cut(projector, screenshot, name)
+    assert opened >= n_selects
+    assert not too_long, f"options cut in their select box on {name}: {too_long}"
+
+
+# Views a fresh visit does not show, with select boxes of their own: (path, what shows that it
+# has drawn, what to click then and what shows that the click has taken (or None), how many
+# select boxes and chips it shows at least).
+VIEWS = {
+    "build_share": ("/?build_view=Share+%26+export", "text=The link opens on", None, 6, 0),
+    "compare_line_up": ("/compare?cmp_models=course_resnet18,resnet18,course_densenet"
+                        "&cmp_view=Layer+by+layer", "text=Line up", None, 1, 3),
+    "inspect_build_model": ("/inspect", "h1", ("text=The Build page's model (untrained)",
+                            "input[aria-label='Channels of layer']"), 3, 0),
+    "bn_lab_lenet_bn": ("/bn_lab", "h1", ("[role=tab]:has-text('LeNet ± BN')",
+                        "[role=tab][aria-selected=true]:has-text('LeNet ± BN')"), 1, 0),
+    "bn_lab_folding": ("/bn_lab", "h1", ("[role=tab]:has-text('Folding')",
+                       "input[aria-label='Model']"), 1, 0),
+    "bn_lab_other_norms": ("/bn_lab", "h1", ("[role=tab]:has-text('Other norms')",
+                           "input[aria-label='Groups G (group norm)']"), 1, 0),
+}
+SHOWN = """n => [...document.querySelectorAll('[data-testid=stMain] [data-testid=stSelectbox]')]
+  .filter(s => s.offsetParent !== null).length >= n"""
+STILL = "() => !document.querySelector('[data-stale=true], [data-testid=stStatusWidget]')"
+
+
+@pytest.mark.parametrize("name", list(VIEWS))
+def test_select_boxes_in_other_views_on_a_projector(app_url, projector, screenshot, name):
+    """Beyond the fresh visits: Build's share view, Compare's line-up of three models, Inspect
+    on the Build page's model, the batch-norm tabs with select boxes. Each chosen value and
+    chip, and every option, fits its box at 683×512 ×1.5."""
+    path, ready, click, n_selects, n_chips = VIEWS[name]
+    _open(projector, app_url + path, ready)
+    if click:
+        projector.locator(f"[data-testid=stMain] >> {click[0]}").first.click()
+        projector.wait_for_selector(f"[data-testid=stMain] >> {click[1]}", timeout=90_000)
+        _settle(projector)
+    projector.wait_for_function(SHOWN, arg=n_selects, timeout=60_000)
+    # The click's rerun is over: Streamlit marks the elements of a run in progress stale (and
+    # then drops those the new run did not draw, which would pull boxes from under the test).
+    projector.wait_for_function(STILL, timeout=60_000)
+    screenshot(projector, f"projector_dark_{name}")
+    seen = projector.evaluate(MEASURE)
+    assert len(seen["selects"]) >= n_selects and len(seen["chips"]) >= n_chips, \
+        (name, seen["selects"], seen["chips"])
+    clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
+    assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
+    assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
+    opened, too_long = _options_cut(projector, screenshot, name)
+    assert opened >= n_selects
     assert not too_long, f"options cut in their select box on {name}: {too_long}"
 
 
