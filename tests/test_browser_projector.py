@@ -352,6 +352,30 @@ def test_select_boxes_in_other_views_on_a_projector(app_url, projector, screensh
     assert not too_long, f"options cut in their select box on {name}: {too_long}"
 
 
+def test_inspect_run_box_on_a_projector(app_url, projector, screenshot):
+    """Inspect once a run has finished: the Run box names it ("#1 course_lenet5 · offline-mnist
+    (completed)"), and that name, like every other run's in its list, reads whole at 683×512
+    ×1.5. A one-epoch LeNet is trained for it through the Train page."""
+    _open(projector, app_url + "/train?tr_epochs=1", "text=Start training")
+    projector.get_by_role("button", name="Start training").click()
+    run_box = "[data-testid=stMain] [data-testid=stSelectbox] input[aria-label=Run]"
+    for _ in range(60):  # a finished run is listed on Inspect (seconds; minutes on a busy CPU)
+        _open(projector, app_url + "/inspect", "h1")
+        if projector.locator(run_box).count():
+            break
+        projector.wait_for_timeout(4000)
+    projector.wait_for_function(STILL, timeout=60_000)
+    screenshot(projector, "projector_dark_inspect_run")
+    seen = projector.evaluate(MEASURE)
+    runs = [s for s in seen["selects"] if s["label"] == "Run"]
+    assert runs and runs[0]["text"].startswith("#"), seen["selects"]
+    clipped = _cut_selects(seen)
+    assert not clipped, f"select boxes whose value is cut on Inspect: {clipped}"
+    opened, too_long = _options_cut(projector, screenshot, "inspect_run")
+    assert opened >= 3  # the run, the data set, the layer
+    assert not too_long, f"options cut in their select box on Inspect: {too_long}"
+
+
 @pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
 def test_conv_working_box_reads_in_both_themes(app_url, projector, screenshot):
     """The working box's text against its own background: WCAG AA (4.5:1) in either theme."""
