@@ -2,9 +2,10 @@
 
 A 1024×768 screen at 150 % zoom is a 683×512 CSS-pixel viewport drawn at device scale 1.5.
 Each page is loaded there with a dark and with a light system theme; the test asserts that
-no headline number (st.metric) is cut, that every table shows all its columns, that nothing
-runs off the page sideways, that no heading wraps mid-word, and saves a screenshot under
-test-artifacts/ (look at them).
+no headline number (st.metric) is cut, that every table shows all its columns, that no
+select box's chosen value and no multiselect chip is cut, that nothing runs off the page
+sideways, that no heading wraps mid-word, and saves a screenshot under test-artifacts/ (look
+at them).
 """
 
 from __future__ import annotations
@@ -13,24 +14,61 @@ import contextlib
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 PROJECTOR = {"viewport": {"width": 683, "height": 512}, "device_scale_factor": 1.5}
-# page → (path, what shows that it has drawn, how many metrics it shows on a fresh visit)
+# page → (path, what shows that it has drawn, how many metrics, select boxes and multiselect
+# chips it shows on a fresh visit: at least these many are measured)
 PAGES = {
-    "build": ("/", "[data-testid=stMetric]", 6),
-    "train": ("/train", "h1", 0),
-    "bn_lab": ("/bn_lab", "h1", 0),
-    "compare": ("/compare", "[data-testid=stMetric]", 2),
-    "conv": ("/conv", ".working-box", 4),
-    "gallery": ("/gallery", "[data-testid=stButton]", 0),
-    "inspect": ("/inspect", "h1", 0),
-    "readme": ("/readme", "h1", 0),
+    "build": ("/", "[data-testid=stMetric]", 6, 5, 0),
+    "train": ("/train", "h1", 0, 5, 0),
+    "bn_lab": ("/bn_lab", "h1", 0, 3, 0),
+    "compare": ("/compare", "[data-testid=stMetric]", 2, 0, 2),
+    "conv": ("/conv", ".working-box", 4, 0, 0),
+    "gallery": ("/gallery", "[data-testid=stButton]", 0, 0, 0),
+    "inspect": ("/inspect", "h1", 0, 0, 0),
+    "readme": ("/readme", "h1", 0, 0, 0),
 }
 
 # For each metric value: its text and whether it fits its box (the markdown container that
 # Streamlit cuts with an ellipsis). For each table (Glide data grid): the columns it has, the
 # header cells it draws (only the visible ones), and its scroller's content and box widths.
-MEASURE = r"""() => {
+# For each select box in the page's body that is laid out (one in a closed expander is: the
+# expander hides it without changing its width; one in a tab not chosen is not): the text it
+# shows (the value of its combobox input, or the placeholder when it has none), the input's
+# content and box widths (Chromium's scrollWidth of a text input grows past its clientWidth
+# when the text is clipped), and a second measure: that text laid out on a canvas in the
+# input's own font, against the room inside the input's padding. For each multiselect chip:
+# its label's text, its content and box widths (the label is cut with an ellipsis inside its
+# chip), and, unrounded, the width of its text as laid out against the room inside its box
+# (scrollWidth and clientWidth are whole pixels: a label 0.4 px too wide is ellipsed yet can
+# round to the same number).
+MEASURE = r"""async () => {
+  await document.fonts.ready;
+  const pen = document.createElement('canvas').getContext('2d');
+  const selects = [...document.querySelectorAll('[data-testid=stMain] [data-testid=stSelectbox]')]
+    .filter(s => s.offsetParent !== null).map(s => {
+      const input = s.querySelector('input[role=combobox]');
+      const style = getComputedStyle(input);
+      const text = input.value || input.placeholder;
+      pen.font = style.font;
+      return {label: input.getAttribute('aria-label'), text,
+              scroll: input.scrollWidth, client: input.clientWidth,
+              width: pen.measureText(text).width,
+              room: input.clientWidth - parseFloat(style.paddingLeft)
+                    - parseFloat(style.paddingRight)};
+    });
+  const chips = [...document.querySelectorAll(
+      '[data-testid=stMain] [data-testid=stMultiSelect] [data-tag] > span')]
+    .filter(c => c.offsetParent !== null).map(c => {
+      const text = document.createRange(); text.selectNodeContents(c);
+      const style = getComputedStyle(c);
+      return {label: c.closest('[data-testid=stMultiSelect]').querySelector('label').textContent,
+              text: c.textContent, scroll: c.scrollWidth, client: c.clientWidth,
+              width: text.getBoundingClientRect().width,
+              room: c.getBoundingClientRect().width - parseFloat(style.paddingLeft)
+                    - parseFloat(style.paddingRight)};
+    });
   const metrics = [...document.querySelectorAll('[data-testid=stMetricValue]')].map(v => {
     const box = v.querySelector('[data-testid=stMarkdownContainer]') || v;
     return {text: box.textContent.trim(), scroll: box.scrollWidth, client: box.clientWidth};
@@ -64,7 +102,36 @@ MEASURE = r"""() => {
     }
   }
   const main = document.querySelector('[data-testid=stMain]');
-  return {metrics, tables, midword, mainScroll: main.scrollWidth, mainClient: main.clientWidth};
+  return {metrics, tables, selects, chips, midword, mainScroll: main.scrollWidth,
+          mainClient: main.clientWidth};
+}"""
+
+# The open list of a select box (the one its input controls): every option's text, read while
+# scrolling the list, since a long list draws only the options in view (each then carries its
+# place in the list and the list's size; a short list draws them all, without), and each
+# text's width in the font of the box's input (where a chosen value is shown) against the room
+# inside that input's padding.
+OPTIONS = r"""async (input) => {
+  const list = document.getElementById(input.getAttribute('aria-controls'));
+  const texts = new Map();
+  let size = -1;
+  for (let top = 0; ; top += list.clientHeight / 2) {
+    list.scrollTop = top;
+    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+    [...list.querySelectorAll('[role=option]')].forEach((o, k) => {
+      const at = o.getAttribute('aria-posinset');
+      if (at !== null) size = Number(o.getAttribute('aria-setsize'));
+      texts.set(at === null ? k : Number(at) - 1, o.textContent);
+    });
+    if (list.scrollTop + list.clientHeight >= list.scrollHeight) break;
+  }
+  if (size < 0) size = texts.size;
+  const style = getComputedStyle(input);
+  const pen = document.createElement('canvas').getContext('2d');
+  pen.font = style.font;
+  return {size, options: [...texts.values()].map(text => ({text,
+            width: pen.measureText(text).width})),
+          room: input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)};
 }"""
 
 # WCAG relative luminance and contrast ratio of two computed CSS colours.
@@ -79,6 +146,16 @@ CONTRAST = """([fg, bg]) => {
 }"""
 
 
+def _cut_selects(seen: dict) -> list[dict]:
+    """The select boxes of a MEASURE whose shown text is clipped, by either measure."""
+    return [s for s in seen["selects"] if s["scroll"] > s["client"] or s["width"] > s["room"]]
+
+
+def _cut_chips(seen: dict) -> list[dict]:
+    """The multiselect chips of a MEASURE whose label is ellipsed (a layout unit is 1/64 px)."""
+    return [c for c in seen["chips"] if c["scroll"] > c["client"] or c["width"] > c["room"] + 0.1]
+
+
 @pytest.fixture
 def projector(browser, request):
     """A page in a 683×512 viewport at device scale 1.5 with the colour scheme given."""
@@ -91,6 +168,10 @@ def projector(browser, request):
 def _open(pg, url: str, selector: str) -> None:
     pg.goto(url)
     pg.wait_for_selector(selector, timeout=90_000)
+    _settle(pg)
+
+
+def _settle(pg) -> None:
     # The rest of the page: the script run is over when Streamlit's "Running…"/"Stop" status
     # widget goes (a page that polls may keep it, hence the time limit and no failure).
     with contextlib.suppress(PlaywrightTimeout):
@@ -105,7 +186,7 @@ def _app_background(pg) -> str:
 @pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
 @pytest.mark.parametrize("name", list(PAGES))
 def test_page_on_projector(app_url, projector, screenshot, name):
-    path, ready, n_metrics = PAGES[name]
+    path, ready, n_metrics, n_selects, n_chips = PAGES[name]
     _open(projector, app_url + path, ready)
     # The system's theme is followed: a dark background (contrast with black under 2) in
     # the dark scheme, a light one in the light scheme.
@@ -127,6 +208,13 @@ def test_page_on_projector(app_url, projector, screenshot, name):
     assert not cut, f"metrics cut on {name}: {cut}"
     hidden = [t for t in seen["tables"] if t["headers"] < t["columns"] or t["scroll"] > t["client"]]
     assert not hidden, f"tables with hidden columns on {name}: {hidden}"
+    # Every select box shows its whole value: a preset or a dataset cut to "5,000 MNIST digits
+    # (of" cannot be read by a class. The canvas measure is the second method: it must agree.
+    assert len(seen["selects"]) >= n_selects and len(seen["chips"]) >= n_chips, \
+        (name, seen["selects"], seen["chips"])
+    clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
+    assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
+    assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
     assert seen["mainScroll"] <= seen["mainClient"], f"{name} runs off the page sideways"
     assert not seen["midword"], f"headings broken mid-word on {name}: {seen['midword']}"
 
@@ -143,6 +231,149 @@ def test_build_tables_show_every_column(app_url, projector, screenshot):
     # The layer table: name, type, output shape, params, MACs, MACs lecture, RF, jump at least.
     assert max(t["columns"] for t in tables) >= 8
     assert all(t["headers"] == t["columns"] and t["scroll"] <= t["client"] for t in tables), tables
+
+
+def test_the_select_check_sees_a_cut_value(app_url, projector, screenshot):
+    """The measure behind the select-box and chip assertions is live: the same boxes pass as
+    drawn, and fail once a value too long for them is put in (the Build page's Preset, and a
+    Compare chip), with the two measures agreeing on the widths."""
+    long_name = "course_resnet18_cifar " * 8
+    _open(projector, app_url + "/", "[data-testid=stMetric]")
+    assert _cut_selects(projector.evaluate(MEASURE)) == []
+    projector.get_by_role("combobox", name="Preset").evaluate("(i, v) => { i.value = v; }",
+                                                              long_name)
+    cut = _cut_selects(projector.evaluate(MEASURE))
+    assert [s["label"] for s in cut] == ["Preset"], cut
+    # Both measures: the input's content is wider than its box, and the text in its font is
+    # wider than the room inside its padding, by about the same amount.
+    assert cut[0]["scroll"] > cut[0]["client"] and cut[0]["width"] > cut[0]["room"]
+    assert abs((cut[0]["scroll"] - cut[0]["client"]) - (cut[0]["width"] - cut[0]["room"])) < 40
+    _open(projector, app_url + "/compare", "[data-testid=stMetric]")
+    assert len(projector.evaluate(MEASURE)["chips"]) == 2
+    assert _cut_chips(projector.evaluate(MEASURE)) == []
+    chip = projector.locator("[data-testid=stMultiSelect] [data-tag] > span").first
+    chip.evaluate("(c, v) => { c.textContent = v; }", long_name)
+    screenshot(projector, "projector_dark_compare_cut_chip")
+    cut = _cut_chips(projector.evaluate(MEASURE))
+    assert [c["text"] for c in cut] == [long_name], cut
+
+
+def _options_cut(pg, screenshot, name: str) -> tuple[int, dict]:
+    """Open the list of every select box laid out on the page, one at a time: how many were
+    opened, and for each box with options too wide for it, those options and its room."""
+    boxes = pg.locator("[data-testid=stMain] [data-testid=stSelectbox]").all()
+    opened, too_long = 0, {}
+    for box in boxes:
+        if not box.evaluate("b => b.offsetParent !== null"):  # in a tab not chosen
+            continue
+        if not box.is_visible():  # in a closed expander: open it, as a teacher would
+            box.locator("xpath=ancestor::details[1]/summary").click()
+            box.wait_for(state="visible")
+            pg.wait_for_timeout(600)  # the expander's opening animation
+        # Mid-screen, so that the list opens without scrolling the page (which closes it).
+        box.evaluate("b => b.scrollIntoView({block: 'center'})")
+        value = box.locator("input[role=combobox]")
+        label, chosen = value.get_attribute("aria-label"), value.input_value()
+        box.get_by_role("button", name="Open", exact=True).click()
+        pg.wait_for_selector("[role=listbox] [role=option]")
+        seen = value.evaluate(OPTIONS)
+        assert len(seen["options"]) == seen["size"] > 0, (label, seen)
+        if chosen:
+            assert chosen in [o["text"] for o in seen["options"]], (label, chosen, seen)
+        cut = [o["text"] for o in seen["options"] if o["width"] > seen["room"]]
+        if cut:
+            screenshot(pg, f"projector_dark_{name}_options_{label}")
+            too_long[label] = (cut, seen["room"])
+        pg.keyboard.press("Escape")
+        pg.wait_for_selector("[role=listbox]", state="detached")
+        # Looking changed nothing (a clearable box's input reads "" for a moment).
+        expect(value).to_have_value(chosen)
+        opened += 1
+    return opened, too_long
+
+
+@pytest.mark.parametrize("name", [n for n in PAGES if PAGES[n][3]])
+def test_every_option_fits_its_select_box_on_a_projector(app_url, projector, screenshot, name):
+    """Whatever a teacher picks in front of the class reads whole: every option of every select
+    box a page shows on a fresh visit fits the box at 683×512 ×1.5 (the chosen value is
+    checked in test_page_on_projector; this is every other one, e.g. course_resnet_3x4_28)."""
+    path, ready, _, n_selects, _ = PAGES[name]
+    _open(projector, app_url + path, ready)
+    opened, too_long = _options_cut(projector, screenshot, name)
+    assert opened >= n_selects
+    assert not too_long, f"options cut in their select box on {name}: {too_long}"
+
+
+# Views a fresh visit does not show, with select boxes of their own: (path, what shows that it
+# has drawn, what to click then and what shows that the click has taken (or None), how many
+# select boxes and chips it shows at least).
+VIEWS = {
+    "build_share": ("/?build_view=Share+%26+export", "text=The link opens on", None, 6, 0),
+    "compare_line_up": ("/compare?cmp_models=course_resnet18,resnet18,course_densenet"
+                        "&cmp_view=Layer+by+layer", "text=Line up", None, 1, 3),
+    "inspect_build_model": ("/inspect", "h1", ("text=The Build page's model (untrained)",
+                            "input[aria-label='Channels of layer']"), 3, 0),
+    "bn_lab_lenet_bn": ("/bn_lab", "h1", ("[role=tab]:has-text('LeNet ± BN')",
+                        "[role=tab][aria-selected=true]:has-text('LeNet ± BN')"), 1, 0),
+    "bn_lab_folding": ("/bn_lab", "h1", ("[role=tab]:has-text('Folding')",
+                       "input[aria-label='Model']"), 1, 0),
+    "bn_lab_other_norms": ("/bn_lab", "h1", ("[role=tab]:has-text('Other norms')",
+                           "input[aria-label='Groups G (group norm)']"), 1, 0),
+}
+SHOWN = """n => [...document.querySelectorAll('[data-testid=stMain] [data-testid=stSelectbox]')]
+  .filter(s => s.offsetParent !== null).length >= n"""
+STILL = "() => !document.querySelector('[data-stale=true], [data-testid=stStatusWidget]')"
+
+
+@pytest.mark.parametrize("name", list(VIEWS))
+def test_select_boxes_in_other_views_on_a_projector(app_url, projector, screenshot, name):
+    """Beyond the fresh visits: Build's share view, Compare's line-up of three models, Inspect
+    on the Build page's model, the batch-norm tabs with select boxes. Each chosen value and
+    chip, and every option, fits its box at 683×512 ×1.5."""
+    path, ready, click, n_selects, n_chips = VIEWS[name]
+    _open(projector, app_url + path, ready)
+    if click:
+        projector.locator(f"[data-testid=stMain] >> {click[0]}").first.click()
+        projector.wait_for_selector(f"[data-testid=stMain] >> {click[1]}", timeout=90_000)
+        _settle(projector)
+    projector.wait_for_function(SHOWN, arg=n_selects, timeout=60_000)
+    # The click's rerun is over: Streamlit marks the elements of a run in progress stale (and
+    # then drops those the new run did not draw, which would pull boxes from under the test).
+    projector.wait_for_function(STILL, timeout=60_000)
+    screenshot(projector, f"projector_dark_{name}")
+    seen = projector.evaluate(MEASURE)
+    assert len(seen["selects"]) >= n_selects and len(seen["chips"]) >= n_chips, \
+        (name, seen["selects"], seen["chips"])
+    clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
+    assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
+    assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
+    opened, too_long = _options_cut(projector, screenshot, name)
+    assert opened >= n_selects
+    assert not too_long, f"options cut in their select box on {name}: {too_long}"
+
+
+def test_inspect_run_box_on_a_projector(app_url, projector, screenshot):
+    """Inspect once a run has finished: the Run box names it ("#1 course_lenet5 · offline-mnist
+    (completed)"), and that name, like every other run's in its list, reads whole at 683×512
+    ×1.5. A one-epoch LeNet is trained for it through the Train page."""
+    _open(projector, app_url + "/train?tr_epochs=1", "text=Start training")
+    projector.get_by_role("button", name="Start training").click()
+    run_box = "[data-testid=stMain] [data-testid=stSelectbox] input[aria-label=Run]"
+    for _ in range(60):  # a finished run is listed on Inspect (seconds; minutes on a busy CPU)
+        _open(projector, app_url + "/inspect", "h1")
+        if projector.locator(run_box).count():
+            break
+        projector.wait_for_timeout(4000)
+    projector.wait_for_function(STILL, timeout=60_000)
+    screenshot(projector, "projector_dark_inspect_run")
+    seen = projector.evaluate(MEASURE)
+    runs = [s for s in seen["selects"] if s["label"] == "Run"]
+    assert runs and runs[0]["text"].startswith("#"), seen["selects"]
+    clipped = _cut_selects(seen)
+    assert not clipped, f"select boxes whose value is cut on Inspect: {clipped}"
+    opened, too_long = _options_cut(projector, screenshot, "inspect_run")
+    assert opened >= 3  # the run, the data set, the layer
+    assert not too_long, f"options cut in their select box on Inspect: {too_long}"
 
 
 @pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
