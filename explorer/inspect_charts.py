@@ -103,9 +103,10 @@ def feature_strip(forward: Forward, layers: Sequence[str], classes: Sequence[str
         _image_axes(fig, 1, c)
     fig.update_yaxes(type="category", row=1, col=n)
     fig.update_annotations(font_size=11)
-    fig = _layout(fig, "From input to output: each layer's mean |activation| over its channels "
-                       "(the last column: the class probabilities)", height=300)
-    fig.update_layout(margin={"t": 110})
+    # Two lines: one runs past the chart on a projector (783 px of title in 632 px).
+    fig = _layout(fig, "From input to output: each layer's mean |activation|<br>over its "
+                       "channels (the last column: the class probabilities)", height=320)
+    fig.update_layout(margin={"t": 130})
     return fig
 
 

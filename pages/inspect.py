@@ -199,7 +199,8 @@ def unit_section(model, key, fwd) -> None:
     rect = receptive_rect(geo, layer, y, x)
     erf = effective_rf(model, fwd.input, layer, channel, y, x)
     unit = f"{layer}[{channel}, {y}, {x}]" if out.dim() == 3 else f"{layer}[{channel}]"
-    left, mid, right = st.columns(3)
+    # On a narrow screen the three pictures stack (stack_ in assets/style.css), each at full width.
+    left, mid, right = st.container(key="stack_unit").columns(3)
     if out.dim() == 3:
         left.plotly_chart(ic.unit_map_figure(out[channel], layer, channel, (y, x)),
                           key="in_unit_select", on_select=on_unit_click,
@@ -217,7 +218,7 @@ def main() -> None:
     st.title("Inspect a network")
     st.caption("One image through the network: its probabilities, every layer's feature maps, "
                "the filters, and where any unit looks on the image.")
-    controls, result = st.columns([1, 1], gap="medium")
+    controls, result = st.container(key="editor_results").columns([1, 1], gap="medium")
     with controls:
         key = choose_model()
         if key is None:
@@ -239,7 +240,7 @@ def main() -> None:
     spatial = fwd.spatial_layers()
     if state.get("in_layer") not in fwd.maps:
         state["in_layer"] = spatial[0] if spatial else next(iter(fwd.maps))
-    left, right = st.columns([2, 1], gap="medium")
+    left, right = st.container(key="stack_channels").columns([2, 1], gap="medium")
     with left:
         layer = st.selectbox("Channels of layer", list(fwd.maps), key="in_layer")
         st.plotly_chart(ic.channel_grid(fwd.maps[layer], layer), key="in_grid")

@@ -101,8 +101,18 @@ MEASURE = r"""async () => {
       }
     }
   }
+  // Chart titles: how far each runs past its chart's box, either side (Plotly neither wraps
+  // nor cuts a title: it goes on beyond the chart, under the next one or off the page).
+  const titles = [...document.querySelectorAll('[data-testid=stMain] .js-plotly-plot')]
+    .filter(p => p.offsetParent !== null).flatMap(p => {
+      const box = p.getBoundingClientRect();
+      return [...p.querySelectorAll('.gtitle')].map(t => {
+        const b = t.getBoundingClientRect();
+        return {text: t.textContent, over: Math.max(b.right - box.right, box.left - b.left)};
+      });
+    });
   const main = document.querySelector('[data-testid=stMain]');
-  return {metrics, tables, selects, chips, midword, mainScroll: main.scrollWidth,
+  return {metrics, tables, selects, chips, titles, midword, mainScroll: main.scrollWidth,
           mainClient: main.clientWidth};
 }"""
 
@@ -149,6 +159,11 @@ CONTRAST = """([fg, bg]) => {
 def _cut_selects(seen: dict) -> list[dict]:
     """The select boxes of a MEASURE whose shown text is clipped, by either measure."""
     return [s for s in seen["selects"] if s["scroll"] > s["client"] or s["width"] > s["room"]]
+
+
+def _long_titles(seen: dict) -> list[dict]:
+    """The chart titles of a MEASURE that run past their chart by more than a pixel."""
+    return [t for t in seen["titles"] if t["over"] > 1]
 
 
 def _cut_chips(seen: dict) -> list[dict]:
@@ -215,6 +230,7 @@ def test_page_on_projector(app_url, projector, screenshot, name):
     clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
     assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
     assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
+    assert not _long_titles(seen), f"chart titles past their charts on {name}: {seen['titles']}"
     assert seen["mainScroll"] <= seen["mainClient"], f"{name} runs off the page sideways"
     assert not seen["midword"], f"headings broken mid-word on {name}: {seen['midword']}"
 
@@ -347,6 +363,7 @@ def test_select_boxes_in_other_views_on_a_projector(app_url, projector, screensh
     clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
     assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
     assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
+    assert not _long_titles(seen), f"chart titles past their charts on {name}: {seen['titles']}"
     opened, too_long = _options_cut(projector, screenshot, name)
     assert opened >= n_selects
     assert not too_long, f"options cut in their select box on {name}: {too_long}"
@@ -371,6 +388,9 @@ def test_inspect_run_box_on_a_projector(app_url, projector, screenshot):
     assert runs and runs[0]["text"].startswith("#"), seen["selects"]
     clipped = _cut_selects(seen)
     assert not clipped, f"select boxes whose value is cut on Inspect: {clipped}"
+    # The prediction's title, the feature strip's and the three pictures' of a unit.
+    assert len(seen["titles"]) >= 5, seen["titles"]
+    assert not _long_titles(seen), f"chart titles past their charts: {seen['titles']}"
     opened, too_long = _options_cut(projector, screenshot, "inspect_run")
     assert opened >= 3  # the run, the data set, the layer
     assert not too_long, f"options cut in their select box on Inspect: {too_long}"
