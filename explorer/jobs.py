@@ -79,8 +79,8 @@ class JobManager:
 
     Args:
         store: the run store (the queue).
-        devices: device types the server's workers train on (``cpu``, ``cuda``…); a run that
-            asks for another is refused with a sentence.
+        devices: the server's worker slots by device (``cpu``, ``cuda:0``…), one entry a
+            worker; a run that asks for another device type is refused with a sentence.
         max_active: queued or running runs a session may have at once (None: no limit).
     """
 
@@ -88,6 +88,7 @@ class JobManager:
                  max_active: int | None = 1) -> None:
         self.store = store
         self.device_types = tuple(dict.fromkeys(d.split(":")[0] for d in devices))
+        self.workers = max(1, len(devices))  # one worker per device slot
         self.max_active = max_active
 
     # ---- starting -----------------------------------------------------------------------------
@@ -149,6 +150,16 @@ class JobManager:
         """1 for the next job to start, 2 for the one after...; None unless queued."""
         return self.store.queue_position(job_id)
 
+    def outlook(self, session: str | None) -> str:
+        """What a run started now would meet, before Start: "A worker is free: it would start
+        at once." or "3 runs are training and 5 waiting: yours would be 4th in the queue."."""
+        training, queued, place = self.store.outlook(session)
+        if not queued and training < self.workers:
+            return "A worker is free: it would start at once."
+        runs = f"{training} run{'s' if training != 1 else ''} {'is' if training == 1 else 'are'}"
+        return (f"{runs} training and {queued} waiting: yours would be {_ordinal(place)} in "
+                f"the queue.")
+
     def wait(self, job_id: int, timeout: float | None = None, poll: float = 0.1) -> JobSnapshot:
         """Poll until the job finishes (or the timeout passes); returns its snapshot."""
         end = None if timeout is None else time.monotonic() + timeout
@@ -187,3 +198,9 @@ class JobManager:
         from explorer.weights import delete_weights
 
         delete_weights(self.store.path, job_id)
+
+
+def _ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st…"""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -215,6 +215,18 @@ class QueueOps:
                 f"SELECT q.id FROM runs q WHERE q.status = 'queued' ORDER BY {_ORDER}")]
         return ids.index(run_id) + 1 if run_id in ids else None
 
+    def outlook(self, session: str | None) -> tuple[int, int, int]:
+        """(runs training, runs queued, the place a run ``session`` queued now would take):
+        in the class-fair order it goes after every queued run of a session with as many
+        runs training as its own or fewer (see ``_ORDER``)."""
+        with self._db.tx() as tx:
+            running = tx.all("SELECT session FROM runs WHERE status = 'running'")
+            queued = tx.all("SELECT session FROM runs WHERE status = 'queued'")
+        training = [r["session"] for r in running]
+        mine = training.count(session)
+        ahead = sum(training.count(r["session"]) <= mine for r in queued)
+        return len(training), len(queued), ahead + 1
+
     def live_runs(self, session: str | None = None) -> list[dict[str, Any]]:
         """Queued and running runs, oldest first (of one session when ``session`` is given)."""
         sql = "SELECT * FROM runs WHERE status IN ('queued', 'running')"

@@ -204,7 +204,7 @@ def estimate_line() -> None:
     if price.refusal is not None:
         st.warning(md_escape(capitalised(str(price.refusal))))
     else:
-        st.caption(price.sentence)
+        st.caption(f"{price.sentence} {get_manager().outlook(visitor())}")
 
 
 def status_line(job_id: int, snap) -> None:

@@ -326,6 +326,11 @@ def test_the_estimate_shows_before_start_and_refusals_are_sentences(monkeypatch)
     at.selectbox(key="tr_preset").select("course_lenet5").run()
     assert any("per epoch on this server" in c.value and "of memory at batch size 128" in c.value
                for c in at.caption)
+    # And what the run would meet: a free worker, or its place in the queue.
+    outlook = re.compile(r"(A worker is free: it would start at once|\d+ runs? (is|are) "
+                         r"training and \d+ waiting: yours would be \d+(st|nd|rd|th) in the "
+                         r"queue)\.$")
+    assert any(outlook.search(c.value) for c in at.caption), [c.value for c in at.caption]
     # vgg16 has torchvision's 1000-way head; the offline digits have 10 classes.
     at.selectbox(key="tr_preset").select("vgg16").run()
     classes = "The model vgg16 has a 1000-way head but the 5,000 MNIST digits (offline) have 10"

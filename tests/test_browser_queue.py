@@ -17,9 +17,9 @@ def per_epoch(text: str) -> float:
     return float(number.replace(",", "")) * {"s": 1, "min": 60, "h": 3600}[unit]
 
 
-def start(page, app_url: str, epochs: int, seed: int) -> tuple[str, float]:
-    """Open the Train page as a new student, read the estimate, press Start; the run's id and
-    the estimate's seconds per epoch."""
+def start(page, app_url: str, epochs: int, seed: int) -> tuple[str, float, str]:
+    """Open the Train page as a new student, read the estimate, press Start; the run's id,
+    the estimate's seconds per epoch and its whole sentence."""
     page.goto(app_url + LINK.format(epochs=epochs, seed=seed))
     estimate = page.get_by_text(re.compile(r"(About|Under) .* per epoch on this server"))
     # A fresh server's first estimate waits for the CPU's speed probes (a child process the
@@ -29,7 +29,7 @@ def start(page, app_url: str, epochs: int, seed: int) -> tuple[str, float]:
     assert "of memory at batch size 128" in text
     page.get_by_role("button", name="Start training").click()
     page.wait_for_url(re.compile(r"run=\d+"), timeout=60_000)
-    return re.search(r"run=(\d+)", page.url).group(1), per_epoch(text)
+    return re.search(r"run=(\d+)", page.url).group(1), per_epoch(text), text
 
 
 def test_two_students_see_the_estimate_the_queue_and_stop(app_url, browser, screenshot):
@@ -37,12 +37,14 @@ def test_two_students_see_the_estimate_the_queue_and_stop(app_url, browser, scre
     second = browser.new_context(viewport={"width": 1366, "height": 768}).new_page()
     try:
         # One worker on this server: the first student's long run holds it.
-        a, alone = start(first, app_url, 40, 1)
+        a, alone, _ = start(first, app_url, 40, 1)
         first.get_by_text(re.compile(f"Your run {a} is training")).wait_for(timeout=120_000)
         # The server keeps its figure of the machine's load 15 s: the second student's comes
         # after, while the first run trains.
         first.wait_for_timeout(16_000)
-        b, queued = start(second, app_url, 1, 2)
+        b, queued, before = start(second, app_url, 1, 2)
+        # Before Start, the second student read that a run trains and where theirs would wait.
+        assert re.search(r"\d+ runs? (is|are) training and \d+ waiting: yours would be", before)
         # The second run waits for the first, then trains alone: its epoch is priced at the
         # machine's load without the first run (which, measured now, read up to 40 times it).
         # The page rounds to whole seconds: one more either way.

@@ -283,6 +283,33 @@ def test_the_queue_takes_one_run_of_each_visitor_in_turn(idle):
     assert idle.store.claim("w3", "cpu", "cpu")["id"] == teacher[1]
 
 
+def test_before_start_a_visitor_reads_where_their_run_would_stand(idle):
+    assert idle.outlook("carol") == "A worker is free: it would start at once."
+    teacher = [submit(idle, f"t{i}", session="teacher", teacher=True) for i in range(2)]
+    assert idle.store.claim("w1", "cpu", "cpu")["id"] == teacher[0]
+    bob = submit(idle, "bob's", session="bob")
+    # By hand: the teacher trains one run, so bob's (a visitor with none training) goes before
+    # the teacher's second; carol's would come after bob's and before the teacher's: 2nd.
+    assert idle.outlook("carol") == ("1 run is training and 2 waiting: yours would be 2nd in "
+                                     "the queue.")
+    # The queue's own order agrees once carol's run is queued.
+    carol = submit(idle, "carol's", session="carol")
+    assert [idle.queue_position(i) for i in (bob, carol, teacher[1])] == [1, 2, 3]
+    # The teacher, with one run training, would queue after every other visitor: 4th.
+    assert idle.outlook("teacher").endswith("yours would be 4th in the queue.")
+    # One free worker of two, but runs are waiting: a new run still queues.
+    two = JobManager(idle.store, ["cpu", "cpu"])
+    assert two.outlook("dave").startswith("1 run is training and 3 waiting")
+
+
+def test_ordinals_of_a_queue_place():
+    from explorer.jobs import _ordinal
+
+    assert [_ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111, 112)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st",
+        "111th", "112th"]
+
+
 def test_a_run_waits_for_a_worker_of_its_device_and_memory(idle):
     gpu = idle.store.create_run("gpu", LENET.to_dict(), TrainConfig(device="cuda"),
                                 job=DIGITS.to_job())
