@@ -171,6 +171,28 @@ def _cut_chips(seen: dict) -> list[dict]:
     return [c for c in seen["chips"] if c["scroll"] > c["client"] or c["width"] > c["room"] + 0.1]
 
 
+def _assert_readable(seen: dict, name: str, n_metrics: int = 0, n_selects: int = 0,
+                     n_chips: int = 0) -> None:
+    """What a MEASURE must show on a page read from the back of a room: at least the metrics,
+    select boxes and chips counted, none of them cut, every table's columns all shown, chart
+    titles within their charts, nothing off the page sideways, no heading broken mid-word."""
+    assert len(seen["metrics"]) >= n_metrics, (name, seen["metrics"])
+    cut = [m for m in seen["metrics"] if m["scroll"] > m["client"] or m["text"].endswith("…")]
+    assert not cut, f"metrics cut on {name}: {cut}"
+    hidden = [t for t in seen["tables"] if t["headers"] < t["columns"] or t["scroll"] > t["client"]]
+    assert not hidden, f"tables with hidden columns on {name}: {hidden}"
+    # Every select box shows its whole value: a preset or a dataset cut to "5,000 MNIST digits
+    # (of" cannot be read by a class. The canvas measure is the second method: it must agree.
+    assert len(seen["selects"]) >= n_selects and len(seen["chips"]) >= n_chips, \
+        (name, seen["selects"], seen["chips"])
+    clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
+    assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
+    assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
+    assert not _long_titles(seen), f"chart titles past their charts on {name}: {seen['titles']}"
+    assert seen["mainScroll"] <= seen["mainClient"], f"{name} runs off the page sideways"
+    assert not seen["midword"], f"headings broken mid-word on {name}: {seen['midword']}"
+
+
 @pytest.fixture
 def projector(browser, request):
     """A page in a 683×512 viewport at device scale 1.5 with the colour scheme given."""
@@ -194,6 +216,15 @@ def _settle(pg) -> None:
     pg.wait_for_timeout(1000)
 
 
+def _show_tables(pg) -> None:
+    # Scroll the tables into view: Glide draws its header cells once a grid is on screen.
+    for frame in pg.get_by_test_id("stDataFrame").all():
+        if not frame.is_visible():  # in a closed tab or expander
+            continue
+        frame.scroll_into_view_if_needed()
+        pg.wait_for_timeout(300)
+
+
 def _app_background(pg) -> str:
     return pg.evaluate("getComputedStyle(document.querySelector('.stApp')).backgroundColor")
 
@@ -210,29 +241,9 @@ def test_page_on_projector(app_url, projector, screenshot, name):
     assert black < 2 if dark else black > 10
     # A fresh load on a 683-pixel screen leaves the sidebar closed: it would cover the page.
     assert projector.get_by_test_id("stSidebar").get_attribute("data-collapsed") == "true"
-    # Scroll the tables into view: Glide draws its header cells once a grid is on screen.
-    for frame in projector.get_by_test_id("stDataFrame").all():
-        if not frame.is_visible():  # in a closed tab or expander
-            continue
-        frame.scroll_into_view_if_needed()
-        projector.wait_for_timeout(300)
+    _show_tables(projector)
     screenshot(projector, f"projector_{'dark' if dark else 'light'}_{name}")
-    seen = projector.evaluate(MEASURE)
-    assert len(seen["metrics"]) >= n_metrics
-    cut = [m for m in seen["metrics"] if m["scroll"] > m["client"] or m["text"].endswith("…")]
-    assert not cut, f"metrics cut on {name}: {cut}"
-    hidden = [t for t in seen["tables"] if t["headers"] < t["columns"] or t["scroll"] > t["client"]]
-    assert not hidden, f"tables with hidden columns on {name}: {hidden}"
-    # Every select box shows its whole value: a preset or a dataset cut to "5,000 MNIST digits
-    # (of" cannot be read by a class. The canvas measure is the second method: it must agree.
-    assert len(seen["selects"]) >= n_selects and len(seen["chips"]) >= n_chips, \
-        (name, seen["selects"], seen["chips"])
-    clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
-    assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
-    assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
-    assert not _long_titles(seen), f"chart titles past their charts on {name}: {seen['titles']}"
-    assert seen["mainScroll"] <= seen["mainClient"], f"{name} runs off the page sideways"
-    assert not seen["midword"], f"headings broken mid-word on {name}: {seen['midword']}"
+    _assert_readable(projector.evaluate(MEASURE), name, n_metrics, n_selects, n_chips)
 
 
 def test_build_tables_show_every_column(app_url, projector, screenshot):
@@ -443,6 +454,31 @@ def test_presentation_mode_link(app_url, browser, screenshot):
         pg.wait_for_selector(".working-box", timeout=90_000)
         assert "present=true" in pg.url
         assert pg.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)") == big
+    finally:
+        context.close()
+
+
+# What a teacher's laptop gives a projector: 1280×720 (and 1366×768), at 100 % zoom.
+PRESENTING = {"viewport": {"width": 1280, "height": 720}}
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_page_in_presentation_mode(app_url, browser, screenshot, name):
+    """Every page with ?present=true at 1280×720 in dark mode: the 20 px type and the stacked
+    editors of assets/present.css, and still nothing cut (the MEASURE of the projector test)."""
+    path, ready, n_metrics, n_selects, n_chips = PAGES[name]
+    context = browser.new_context(**PRESENTING, color_scheme="dark")
+    pg = context.new_page()
+    try:
+        _open(pg, app_url + path + ("&" if "?" in path else "?") + "present=true", ready)
+        # The mode is on: present.css's root font (Streamlit's own is 16 px), sidebar closed.
+        assert pg.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)") \
+            == 20
+        assert pg.get_by_test_id("stSidebar").get_attribute("data-collapsed") == "true"
+        _show_tables(pg)
+        screenshot(pg, f"present_dark_{name}")
+        _assert_readable(pg.evaluate(MEASURE), f"{name} (presentation mode)", n_metrics,
+                         n_selects, n_chips)
     finally:
         context.close()
 
