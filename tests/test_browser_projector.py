@@ -11,6 +11,7 @@ at them).
 from __future__ import annotations
 
 import contextlib
+import re
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -405,6 +406,105 @@ def test_inspect_run_box_on_a_projector(app_url, projector, screenshot):
     opened, too_long = _options_cut(projector, screenshot, "inspect_run")
     assert opened >= 3  # the run, the data set, the layer
     assert not too_long, f"options cut in their select box on Inspect: {too_long}"
+
+
+RUN_IN_URL = re.compile(r"[?&]run=(\d+)")
+
+
+def _train_one_epoch(pg, app_url: str) -> int:
+    """Start a one-epoch course LeNet-5 through the Train page and wait until it has finished
+    (one CPU worker: seconds, minutes on a busy machine); its run number."""
+    _open(pg, app_url + "/train?tr_epochs=1&tr_preset=course_lenet5", "text=Start training")
+    pg.get_by_role("button", name="Start training").click()
+    pg.wait_for_url(RUN_IN_URL, timeout=60_000)
+    run_id = int(RUN_IN_URL.search(pg.url)[1])
+    pg.get_by_text(f"Your run {run_id} completed").wait_for(timeout=300_000)
+    return run_id
+
+
+def test_train_with_runs_on_a_projector(app_url, projector, screenshot):
+    """Train once runs exist, at 683×512 ×1.5: a finished run's metrics and curves, the run
+    history's every column, and the "Overlay runs" chips of two runs ("#7 course_lenet5 ·
+    5,000 MNIST digits (offline) (completed)") with their two charts, none cut."""
+    first = _train_one_epoch(projector, app_url)
+    second = _train_one_epoch(projector, app_url)
+    _open(projector, f"{app_url}/train?run={second}", f"text=Your run {second} completed")
+    overlay = projector.locator("[data-testid=stMain] [data-testid=stMultiSelect]").filter(
+        has_text="Overlay runs")
+    for run in (first, second):
+        overlay.evaluate("b => b.scrollIntoView({block: 'center'})")
+        overlay.locator("input").click()
+        projector.get_by_role("option", name=re.compile(rf"^#{run} ")).click()
+        projector.keyboard.press("Escape")
+        projector.wait_for_function(STILL, timeout=60_000)
+    chips = overlay.locator("[data-tag]")
+    expect(chips).to_have_count(2)
+    _settle(projector)
+    # Look at the live panel, the history and the overlay (one screen each).
+    _show_tables(projector)
+    projector.get_by_test_id("stDataFrame").last.evaluate("b => b.scrollIntoView()")
+    projector.wait_for_timeout(500)
+    screenshot(projector, "projector_dark_train_history")
+    projector.get_by_test_id("stMetric").first.evaluate("b => b.scrollIntoView()")
+    projector.wait_for_timeout(500)
+    screenshot(projector, "projector_dark_train_run")
+    overlay.evaluate("b => b.scrollIntoView({block: 'start'})")
+    projector.wait_for_timeout(500)
+    screenshot(projector, "projector_dark_train_overlay")
+    seen = projector.evaluate(MEASURE)
+    chosen = [c["text"] for c in seen["chips"] if c["label"] == "Overlay runs"]
+    assert [t.split()[0] for t in chosen] == [f"#{first}", f"#{second}"], seen["chips"]
+    # The live panel's loss and accuracy, the overlay's loss and test accuracy.
+    assert len(seen["titles"]) >= 4, seen["titles"]
+    # Loss, train and test accuracy, images/s; the history; preset, data, optimizer, schedule.
+    assert seen["tables"], seen
+    _assert_readable(seen, "train with two runs overlaid", 4, 4, 2)
+
+
+def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, projector, screenshot):
+    """Batch norm's Statistics tab once a run has recorded its statistics (one epoch of
+    BN-LeNet, recorded on this page), at 683×512 ×1.5: its four metrics, the Run box, the BN
+    layer box, the "Channels to follow" chips, the five figures' titles and every option."""
+    _open(projector, app_url + "/bn_lab?bn_view=stats", "h1")
+    record = projector.get_by_role("button", name="Start recording")
+    if not record.is_visible():  # "Record a new run" is closed once a recorded run exists
+        projector.get_by_text("Record a new run", exact=True).click()
+        record.wait_for()
+        projector.wait_for_timeout(600)  # the expander's opening animation
+    for label, value in (("Epochs", "1"), ("Batch", "256")):  # 15 steps of the offline digits
+        box = projector.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Enter")
+        _settle(projector)
+    before = projector.url
+    record.click()
+    projector.wait_for_function("u => location.href !== u && /[?&]bn_run=\\d+/.test(location.href)",
+                                arg=before, timeout=60_000)
+    run_id = int(re.search(r"[?&]bn_run=(\d+)", projector.url)[1])
+    projector.get_by_text(f"Run {run_id} completed.").wait_for(timeout=300_000)
+    projector.get_by_test_id("stMetricValue").first.wait_for(timeout=60_000)
+    _settle(projector)
+    projector.wait_for_function(STILL, timeout=60_000)
+    projector.get_by_role("combobox", name="Run").evaluate(
+        "b => b.scrollIntoView({block: 'start'})")
+    projector.wait_for_timeout(500)
+    screenshot(projector, "projector_dark_bn_lab_statistics")
+    for k, chart in enumerate(projector.locator("[data-testid=stMain] .js-plotly-plot").all()):
+        chart.evaluate("b => b.scrollIntoView({block: 'start'})")
+        projector.wait_for_timeout(300)
+        screenshot(projector, f"projector_dark_bn_lab_statistics_chart{k}")
+    seen = projector.evaluate(MEASURE)
+    runs = [s for s in seen["selects"] if s["label"] == "Run"]
+    assert runs and runs[0]["text"].startswith(f"#{run_id} "), seen["selects"]
+    follow = [c["text"] for c in seen["chips"] if c["label"] == "Channels to follow"]
+    assert follow == ["0", "1", "2"], seen["chips"]
+    # The batch mean and standard deviation heatmaps, running vs batch, γ and β, histograms.
+    assert len(seen["titles"]) >= 5, seen["titles"]
+    # BN layers, channels, recorded steps, bytes; Run, BN layer, Histograms taken.
+    _assert_readable(seen, "bn_lab statistics", 4, 3, 3)
+    opened, too_long = _options_cut(projector, screenshot, "bn_lab_statistics")
+    assert opened >= 3
+    assert not too_long, f"options cut in their select box on Statistics: {too_long}"
 
 
 @pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
