@@ -18,6 +18,8 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 PROJECTOR = {"viewport": {"width": 683, "height": 512}, "device_scale_factor": 1.5}
+# What a teacher's laptop gives a projector in presentation mode: 1280×720, at 100 % zoom.
+PRESENTING = {"viewport": {"width": 1280, "height": 720}}
 # page → (path, what shows that it has drawn, how many metrics, select boxes and multiselect
 # chips it shows on a fresh visit: at least these many are measured)
 PAGES = {
@@ -408,13 +410,34 @@ def test_inspect_run_box_on_a_projector(app_url, projector, screenshot):
     assert not too_long, f"options cut in their select box on Inspect: {too_long}"
 
 
+# The views that need runs are measured on the projector and in presentation mode (dark):
+# screen → (browser context, what each URL adds).
+SCREENS = {"projector": (PROJECTOR, ""), "present": (PRESENTING, "present=true")}
+
+
+@pytest.fixture
+def screen(browser, request):
+    """(page, URL parameters, name) of a SCREENS entry, in a dark colour scheme."""
+    size, query = SCREENS[request.param]
+    context = browser.new_context(**size, color_scheme="dark")
+    pg = context.new_page()
+    yield pg, query, request.param
+    context.close()
+
+
+def _with(url: str, query: str) -> str:
+    """The URL with the screen's parameters added."""
+    return url + ("&" if "?" in url else "?") + query if query else url
+
+
 RUN_IN_URL = re.compile(r"[?&]run=(\d+)")
 
 
-def _train_one_epoch(pg, app_url: str) -> int:
+def _train_one_epoch(pg, app_url: str, query: str = "") -> int:
     """Start a one-epoch course LeNet-5 through the Train page and wait until it has finished
     (one CPU worker: seconds, minutes on a busy machine); its run number."""
-    _open(pg, app_url + "/train?tr_epochs=1&tr_preset=course_lenet5", "text=Start training")
+    _open(pg, _with(app_url + "/train?tr_epochs=1&tr_preset=course_lenet5", query),
+          "text=Start training")
     pg.get_by_role("button", name="Start training").click()
     pg.wait_for_url(RUN_IN_URL, timeout=60_000)
     run_id = int(RUN_IN_URL.search(pg.url)[1])
@@ -422,78 +445,84 @@ def _train_one_epoch(pg, app_url: str) -> int:
     return run_id
 
 
-def test_train_with_runs_on_a_projector(app_url, projector, screenshot):
-    """Train once runs exist, at 683×512 ×1.5: a finished run's metrics and curves, the run
-    history's every column, and the "Overlay runs" chips of two runs ("#7 course_lenet5 ·
-    5,000 MNIST digits (offline) (completed)") with their two charts, none cut."""
-    first = _train_one_epoch(projector, app_url)
-    second = _train_one_epoch(projector, app_url)
-    _open(projector, f"{app_url}/train?run={second}", f"text=Your run {second} completed")
-    overlay = projector.locator("[data-testid=stMain] [data-testid=stMultiSelect]").filter(
+@pytest.mark.parametrize("screen", list(SCREENS), indirect=True)
+def test_train_with_runs_on_a_projector(app_url, screen, screenshot):
+    """Train once runs exist, at 683×512 ×1.5 and in presentation mode (1280×720): a finished
+    run's metrics and curves, the run history's every column, and the "Overlay runs" chips of
+    two runs ("#7 course_lenet5 · offline-mnist (completed)") with their two charts, none
+    cut."""
+    pg, query, where = screen
+    first = _train_one_epoch(pg, app_url, query)
+    second = _train_one_epoch(pg, app_url, query)
+    _open(pg, _with(f"{app_url}/train?run={second}", query), f"text=Your run {second} completed")
+    overlay = pg.locator("[data-testid=stMain] [data-testid=stMultiSelect]").filter(
         has_text="Overlay runs")
     for run in (first, second):
         overlay.evaluate("b => b.scrollIntoView({block: 'center'})")
         overlay.locator("input").click()
-        projector.get_by_role("option", name=re.compile(rf"^#{run} ")).click()
-        projector.keyboard.press("Escape")
-        projector.wait_for_function(STILL, timeout=60_000)
+        pg.get_by_role("option", name=re.compile(rf"^#{run} ")).click()
+        pg.keyboard.press("Escape")
+        pg.wait_for_function(STILL, timeout=60_000)
     chips = overlay.locator("[data-tag]")
     expect(chips).to_have_count(2)
-    _settle(projector)
+    _settle(pg)
     # Look at the live panel, the history and the overlay (one screen each).
-    _show_tables(projector)
-    projector.get_by_test_id("stDataFrame").last.evaluate("b => b.scrollIntoView()")
-    projector.wait_for_timeout(500)
-    screenshot(projector, "projector_dark_train_history")
-    projector.get_by_test_id("stMetric").first.evaluate("b => b.scrollIntoView()")
-    projector.wait_for_timeout(500)
-    screenshot(projector, "projector_dark_train_run")
+    _show_tables(pg)
+    pg.get_by_test_id("stDataFrame").last.evaluate("b => b.scrollIntoView()")
+    pg.wait_for_timeout(500)
+    screenshot(pg, f"{where}_dark_train_history")
+    pg.get_by_test_id("stMetric").first.evaluate("b => b.scrollIntoView()")
+    pg.wait_for_timeout(500)
+    screenshot(pg, f"{where}_dark_train_run")
     overlay.evaluate("b => b.scrollIntoView({block: 'start'})")
-    projector.wait_for_timeout(500)
-    screenshot(projector, "projector_dark_train_overlay")
-    seen = projector.evaluate(MEASURE)
+    pg.wait_for_timeout(500)
+    screenshot(pg, f"{where}_dark_train_overlay")
+    seen = pg.evaluate(MEASURE)
     chosen = [c["text"] for c in seen["chips"] if c["label"] == "Overlay runs"]
     assert [t.split()[0] for t in chosen] == [f"#{first}", f"#{second}"], seen["chips"]
     # The live panel's loss and accuracy, the overlay's loss and test accuracy.
     assert len(seen["titles"]) >= 4, seen["titles"]
-    # Loss, train and test accuracy, images/s; the history; preset, data, optimizer, schedule.
-    assert seen["tables"], seen
-    _assert_readable(seen, "train with two runs overlaid", 4, 4, 2)
+    assert seen["tables"], seen  # the run history
+    # Loss, train and test accuracy, images/s; preset, data, optimizer, schedule.
+    _assert_readable(seen, f"train with two runs overlaid ({where})", 4, 4, 2)
 
 
-def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, projector, screenshot):
+@pytest.mark.parametrize("screen", list(SCREENS), indirect=True)
+def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, screen, screenshot):
     """Batch norm's Statistics tab once a run has recorded its statistics (one epoch of
-    BN-LeNet, recorded on this page), at 683×512 ×1.5: its four metrics, the Run box, the BN
-    layer box, the "Channels to follow" chips, the five figures' titles and every option."""
-    _open(projector, app_url + "/bn_lab?bn_view=stats", "h1")
-    record = projector.get_by_role("button", name="Start recording")
+    BN-LeNet, recorded on this page), at 683×512 ×1.5 and in presentation mode (1280×720):
+    its four metrics, the Run box, the BN layer box, the "Channels to follow" chips, the five
+    figures' titles and every option."""
+    pg, query, where = screen
+    _open(pg, _with(app_url + "/bn_lab?bn_view=stats", query), "h1")
+    record = pg.get_by_role("button", name="Start recording")
     if not record.is_visible():  # "Record a new run" is closed once a recorded run exists
-        projector.get_by_text("Record a new run", exact=True).click()
+        pg.get_by_text("Record a new run", exact=True).click()
         record.wait_for()
-        projector.wait_for_timeout(600)  # the expander's opening animation
+        pg.wait_for_timeout(600)  # the expander's opening animation
     for label, value in (("Epochs", "1"), ("Batch", "256")):  # 15 steps of the offline digits
-        box = projector.get_by_label(label, exact=True)
+        box = pg.get_by_label(label, exact=True)
         box.fill(value)
         box.press("Enter")
-        _settle(projector)
-    before = projector.url
+        _settle(pg)
+    before = pg.url
     record.click()
-    projector.wait_for_function("u => location.href !== u && /[?&]bn_run=\\d+/.test(location.href)",
-                                arg=before, timeout=60_000)
-    run_id = int(re.search(r"[?&]bn_run=(\d+)", projector.url)[1])
-    projector.get_by_text(f"Run {run_id} completed.").wait_for(timeout=300_000)
-    projector.get_by_test_id("stMetricValue").first.wait_for(timeout=60_000)
-    _settle(projector)
-    projector.wait_for_function(STILL, timeout=60_000)
-    projector.get_by_role("combobox", name="Run").evaluate(
+    pg.wait_for_function("u => location.href !== u && /[?&]bn_run=\\d+/.test(location.href)",
+                         arg=before, timeout=60_000)
+    run_id = int(re.search(r"[?&]bn_run=(\d+)", pg.url)[1])
+    pg.get_by_text(f"Run {run_id} completed.").wait_for(timeout=300_000)
+    pg.get_by_test_id("stMetricValue").first.wait_for(timeout=60_000)
+    _settle(pg)
+    pg.wait_for_function(STILL, timeout=60_000)
+    pg.get_by_role("combobox", name="Run").evaluate(
         "b => b.scrollIntoView({block: 'start'})")
-    projector.wait_for_timeout(500)
-    screenshot(projector, "projector_dark_bn_lab_statistics")
-    for k, chart in enumerate(projector.locator("[data-testid=stMain] .js-plotly-plot").all()):
+    pg.wait_for_timeout(500)
+    screenshot(pg, f"{where}_dark_bn_lab_statistics")
+    for k, chart in enumerate(pg.locator("[data-testid=stMain] .js-plotly-plot").all()):
         chart.evaluate("b => b.scrollIntoView({block: 'start'})")
-        projector.wait_for_timeout(300)
-        screenshot(projector, f"projector_dark_bn_lab_statistics_chart{k}")
-    seen = projector.evaluate(MEASURE)
+        pg.wait_for_timeout(300)
+        screenshot(pg, f"{where}_dark_bn_lab_statistics_chart{k}")
+    seen = pg.evaluate(MEASURE)
     runs = [s for s in seen["selects"] if s["label"] == "Run"]
     assert runs and runs[0]["text"].startswith(f"#{run_id} "), seen["selects"]
     follow = [c["text"] for c in seen["chips"] if c["label"] == "Channels to follow"]
@@ -501,8 +530,8 @@ def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, projector, scre
     # The batch mean and standard deviation heatmaps, running vs batch, γ and β, histograms.
     assert len(seen["titles"]) >= 5, seen["titles"]
     # BN layers, channels, recorded steps, bytes; Run, BN layer, Histograms taken.
-    _assert_readable(seen, "bn_lab statistics", 4, 3, 3)
-    opened, too_long = _options_cut(projector, screenshot, "bn_lab_statistics")
+    _assert_readable(seen, f"bn_lab statistics ({where})", 4, 3, 3)
+    opened, too_long = _options_cut(pg, screenshot, f"bn_lab_statistics_{where}")
     assert opened >= 3
     assert not too_long, f"options cut in their select box on Statistics: {too_long}"
 
@@ -556,10 +585,6 @@ def test_presentation_mode_link(app_url, browser, screenshot):
         assert pg.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)") == big
     finally:
         context.close()
-
-
-# What a teacher's laptop gives a projector: 1280×720 (and 1366×768), at 100 % zoom.
-PRESENTING = {"viewport": {"width": 1280, "height": 720}}
 
 
 @pytest.mark.parametrize("name", list(PAGES))
