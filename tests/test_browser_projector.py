@@ -420,6 +420,9 @@ def screen(browser, request):
     """(page, URL parameters, name) of a SCREENS entry, in a dark colour scheme."""
     size, query = SCREENS[request.param]
     context = browser.new_context(**size, color_scheme="dark")
+    # Clicks and waits of these tests ride on the server's one CPU worker and a machine that
+    # another test session may share: 90 s, not Playwright's 30 s, before a step times out.
+    context.set_default_timeout(90_000)
     pg = context.new_page()
     yield pg, query, request.param
     context.close()
@@ -593,6 +596,7 @@ def test_page_in_presentation_mode(app_url, browser, screenshot, name):
     editors of assets/present.css, and still nothing cut (the MEASURE of the projector test)."""
     path, ready, n_metrics, n_selects, n_chips = PAGES[name]
     context = browser.new_context(**PRESENTING, color_scheme="dark")
+    context.set_default_timeout(90_000)  # as in the screen fixture
     pg = context.new_page()
     try:
         _open(pg, app_url + path + ("&" if "?" in path else "?") + "present=true", ready)
