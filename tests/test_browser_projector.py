@@ -114,9 +114,30 @@ MEASURE = r"""async () => {
         return {text: t.textContent, over: Math.max(b.right - box.right, box.left - b.left)};
       });
     });
+  // Legends over a chart's titles: each legend entry's text against each title's text (the
+  // chart's, a subplot's, an axis's) in the same chart. Two lines of text run into each other
+  // when their boxes (the font's ascent to descent) overlap by more than a third of the smaller
+  // box's height, across by more than 2 px (the boxes hold the space a font leaves above and
+  // below its letters: lines 4.5 px into each other at 16 and 19 px still read apart). Plotly
+  // places a legend at a fraction of the plot's height, so a title pushed down by bigger type
+  // can run into a legend placed under the plot.
+  const legends = [...document.querySelectorAll('[data-testid=stMain] .js-plotly-plot')]
+    .filter(p => p.offsetParent !== null).flatMap(p => {
+      const across = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left);
+      const down = (a, b) => Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+      return [...p.querySelectorAll('.legend .traces')].flatMap(l => {
+        const box = l.querySelector('.legendtext').getBoundingClientRect();
+        return [...p.querySelectorAll('.gtitle, .xtitle, .ytitle, .annotation-text')]
+          .map(t => ({legend: l.textContent, title: t.textContent, t: t.getBoundingClientRect()}))
+          .filter(o => o.t.width > 0 && across(box, o.t) > 2
+                       && down(box, o.t) > Math.min(box.height, o.t.height) / 3)
+          .map(o => ({legend: o.legend, title: o.title, across: across(box, o.t),
+                      down: down(box, o.t), lh: box.height, th: o.t.height}));
+      });
+    });
   const main = document.querySelector('[data-testid=stMain]');
-  return {metrics, tables, selects, chips, titles, midword, mainScroll: main.scrollWidth,
-          mainClient: main.clientWidth};
+  return {metrics, tables, selects, chips, titles, legends, midword,
+          mainScroll: main.scrollWidth, mainClient: main.clientWidth};
 }"""
 
 # The open list of a select box (the one its input controls): every option's text, read while
@@ -178,7 +199,8 @@ def _assert_readable(seen: dict, name: str, n_metrics: int = 0, n_selects: int =
                      n_chips: int = 0) -> None:
     """What a MEASURE must show on a page read from the back of a room: at least the metrics,
     select boxes and chips counted, none of them cut, every table's columns all shown, chart
-    titles within their charts, nothing off the page sideways, no heading broken mid-word."""
+    titles within their charts and clear of their legends, nothing off the page sideways, no
+    heading broken mid-word."""
     assert len(seen["metrics"]) >= n_metrics, (name, seen["metrics"])
     cut = [m for m in seen["metrics"] if m["scroll"] > m["client"] or m["text"].endswith("…")]
     assert not cut, f"metrics cut on {name}: {cut}"
@@ -192,6 +214,7 @@ def _assert_readable(seen: dict, name: str, n_metrics: int = 0, n_selects: int =
     assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
     assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
     assert not _long_titles(seen), f"chart titles past their charts on {name}: {seen['titles']}"
+    assert not seen["legends"], f"chart legends over their titles on {name}: {seen['legends']}"
     assert seen["mainScroll"] <= seen["mainClient"], f"{name} runs off the page sideways"
     assert not seen["midword"], f"headings broken mid-word on {name}: {seen['midword']}"
 
@@ -434,6 +457,17 @@ def _with(url: str, query: str) -> str:
 
 
 RUN_IN_URL = re.compile(r"[?&]run=(\d+)")
+# The first legend entry of the chart with this title, moved (in its own SVG units, which are
+# CSS pixels) so that its text starts where the chart's x-axis title starts.
+MOVE_LEGEND = r"""title => {
+  const plot = [...document.querySelectorAll('[data-testid=stMain] .js-plotly-plot')]
+    .find(p => (p.querySelector('.gtitle') || {}).textContent === title);
+  const entry = plot.querySelector('.legend .traces');
+  const from = entry.querySelector('.legendtext').getBoundingClientRect();
+  const to = plot.querySelector('.xtitle').getBoundingClientRect();
+  entry.setAttribute('transform', `${entry.getAttribute('transform') || ''} translate(${
+    to.left - from.left}, ${to.top - from.top})`);
+}"""
 
 
 def _train_one_epoch(pg, app_url: str, query: str = "") -> int:
@@ -481,6 +515,12 @@ def test_train_with_runs_on_a_projector(app_url, screen, screenshot):
     pg.wait_for_timeout(500)
     screenshot(pg, f"{where}_dark_train_overlay")
     seen = pg.evaluate(MEASURE)
+    # The legend measure is live: the live panel's "loss" entry moved onto its chart's "step"
+    # title is seen there, and only there.
+    pg.evaluate(MOVE_LEGEND, "Training loss")
+    moved = pg.evaluate(MEASURE)["legends"]
+    assert sorted((o["legend"], o["title"]) for o in moved) == \
+        sorted([(o["legend"], o["title"]) for o in seen["legends"]] + [("loss", "step")]), moved
     chosen = [c["text"] for c in seen["chips"] if c["label"] == "Overlay runs"]
     assert [t.split()[0] for t in chosen] == [f"#{first}", f"#{second}"], seen["chips"]
     # The live panel's loss and accuracy, the overlay's loss and test accuracy.
