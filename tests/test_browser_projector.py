@@ -4,8 +4,10 @@ A 1024×768 screen at 150 % zoom is a 683×512 CSS-pixel viewport drawn at devic
 Each page is loaded there with a dark and with a light system theme; the test asserts that
 no headline number (st.metric) is cut, that every table shows all its columns, that no
 select box's chosen value and no multiselect chip is cut, that nothing runs off the page
-sideways, that no heading wraps mid-word, and saves a screenshot under test-artifacts/ (look
-at them).
+sideways, that no heading wraps mid-word, that no chart legend runs into a title, and saves a
+screenshot under test-artifacts/ (look at them). Every page is also measured in presentation
+mode (?present=true) at 1280×720, and the views that need runs (Train with runs overlaid, Batch
+norm statistics) on both screens, with their curves and points readable in dark mode.
 """
 
 from __future__ import annotations
@@ -167,6 +169,69 @@ OPTIONS = r"""async (input) => {
             width: pen.measureText(text).width})),
           room: input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)};
 }"""
+
+# Every curve and every set of points in the charts of the main area, as drawn: each scatter
+# trace's lines (stroke) and points (fill), their colour with its alpha, the element's own
+# opacity and its trace's (and any group's above it up to the chart) multiplied, laid over the
+# chart's background (its paper colour, or the app's where that is transparent), and the WCAG
+# contrast of that colour against the background: the least for each trace's lines and points.
+MARKS = r"""() => {
+  const rgba = c => { const v = c.match(/[\d.]+/g).map(Number); return v.length > 3 ? v
+                      : [...v, 1]; };
+  const lum = ([r, g, b]) => [r, g, b].map(v => { v /= 255;
+    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); })
+    .reduce((s, v, i) => s + [0.2126, 0.7152, 0.0722][i] * v, 0);
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+                            return (x + 0.05) / (y + 0.05); };
+  const over = ([r, g, b, a], [R, G, B]) => [r * a + R * (1 - a), g * a + G * (1 - a),
+                                             b * a + B * (1 - a)];
+  const app = rgba(getComputedStyle(document.querySelector('.stApp')).backgroundColor);
+  const out = [];
+  for (const p of document.querySelectorAll('[data-testid=stMain] .js-plotly-plot')) {
+    if (p.offsetParent === null) continue;
+    const paper = p.querySelector('.main-svg > .bg, .bg');
+    const ps = paper ? getComputedStyle(paper) : null;
+    const bg = ps ? over([...rgba(ps.fill).slice(0, 3), rgba(ps.fill)[3]
+                         * parseFloat(ps.fillOpacity)], app) : app;
+    const title = ([...p.querySelectorAll('.gtitle, .annotation-text')]
+                   .find(t => t.textContent) || {textContent: ''}).textContent;
+    for (const t of p.querySelectorAll('.scatterlayer .trace')) {
+      const name = t.__data__ && t.__data__[0] && t.__data__[0].trace ?
+                   t.__data__[0].trace.name : '';
+      for (const [kind, sel, paint, alpha] of [['line', 'path.js-line', 'stroke', 'strokeOpacity'],
+                                               ['points', 'path.point', 'fill', 'fillOpacity']]) {
+        const least = [...t.querySelectorAll(sel)].map(e => {
+          let a = 1;
+          for (let n = e; n && n !== p; n = n.parentElement)
+            a *= parseFloat(getComputedStyle(n).opacity);
+          const st = getComputedStyle(e);
+          const c = rgba(st[paint]);
+          return ratio(over([c[0], c[1], c[2], c[3] * a * parseFloat(st[alpha])], bg), bg);
+        });
+        if (least.length) out.push({chart: title, trace: name, kind,
+                                    ratio: Math.min(...least), bg});
+      }
+    }
+  }
+  return out;
+}"""
+
+
+def _wcag(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """WCAG 2's contrast ratio of two sRGB colours (0-255 channels)."""
+    def lum(c):
+        v = [x / 255 for x in c[:3]]
+        v = [x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4 for x in v]
+        return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def _faint(marks: list[dict]) -> list[dict]:
+    """The curves and points of a MARKS under WCAG's 3:1 for the parts of a graphic needed to
+    understand it (success criterion 1.4.11, non-text contrast)."""
+    return [m for m in marks if m["ratio"] < 3]
+
 
 # WCAG relative luminance and contrast ratio of two computed CSS colours.
 CONTRAST = """([fg, bg]) => {
@@ -487,7 +552,7 @@ def test_train_with_runs_on_a_projector(app_url, screen, screenshot):
     """Train once runs exist, at 683×512 ×1.5 and in presentation mode (1280×720): a finished
     run's metrics and curves, the run history's every column, and the "Overlay runs" chips of
     two runs ("#7 course_lenet5 · offline-mnist (completed)") with their two charts, none
-    cut."""
+    cut, and every curve at WCAG's 3:1 against its chart in dark mode."""
     pg, query, where = screen
     first = _train_one_epoch(pg, app_url, query)
     second = _train_one_epoch(pg, app_url, query)
@@ -521,6 +586,7 @@ def test_train_with_runs_on_a_projector(app_url, screen, screenshot):
     moved = pg.evaluate(MEASURE)["legends"]
     assert sorted((o["legend"], o["title"]) for o in moved) == \
         sorted([(o["legend"], o["title"]) for o in seen["legends"]] + [("loss", "step")]), moved
+    marks = pg.evaluate(MARKS)
     chosen = [c["text"] for c in seen["chips"] if c["label"] == "Overlay runs"]
     assert [t.split()[0] for t in chosen] == [f"#{first}", f"#{second}"], seen["chips"]
     # The live panel's loss and accuracy, the overlay's loss and test accuracy.
@@ -528,6 +594,12 @@ def test_train_with_runs_on_a_projector(app_url, screen, screenshot):
     assert seen["tables"], seen  # the run history
     # Loss, train and test accuracy, images/s; preset, data, optimizer, schedule.
     _assert_readable(seen, f"train with two runs overlaid ({where})", 4, 4, 2)
+    # In dark mode every curve reads against the chart: the measure agrees with WCAG's formula
+    # worked here for the smoothed loss (#1f77b4 at full strength over the chart's background).
+    smoothed = next(m for m in marks if m["chart"] == "Training loss"
+                    and m["trace"] == "smoothed")
+    assert smoothed["ratio"] == pytest.approx(_wcag((31, 119, 180), smoothed["bg"]), abs=0.01)
+    assert not _faint(marks), f"curves or points too faint in dark mode ({where}): {_faint(marks)}"
 
 
 @pytest.mark.parametrize("screen", list(SCREENS), indirect=True)
@@ -535,7 +607,7 @@ def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, screen, screens
     """Batch norm's Statistics tab once a run has recorded its statistics (one epoch of
     BN-LeNet, recorded on this page), at 683×512 ×1.5 and in presentation mode (1280×720):
     its four metrics, the Run box, the BN layer box, the "Channels to follow" chips, the five
-    figures' titles and every option."""
+    figures' titles and every option, and the curves and dots at WCAG's 3:1 in dark mode."""
     pg, query, where = screen
     _open(pg, _with(app_url + "/bn_lab?bn_view=stats", query), "h1")
     record = pg.get_by_role("button", name="Start recording")
@@ -566,6 +638,7 @@ def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, screen, screens
         pg.wait_for_timeout(300)
         screenshot(pg, f"{where}_dark_bn_lab_statistics_chart{k}")
     seen = pg.evaluate(MEASURE)
+    marks = pg.evaluate(MARKS)
     runs = [s for s in seen["selects"] if s["label"] == "Run"]
     assert runs and runs[0]["text"].startswith(f"#{run_id} "), seen["selects"]
     follow = [c["text"] for c in seen["chips"] if c["label"] == "Channels to follow"]
@@ -577,6 +650,11 @@ def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, screen, screens
     opened, too_long = _options_cut(pg, screenshot, f"bn_lab_statistics_{where}")
     assert opened >= 3
     assert not too_long, f"options cut in their select box on Statistics: {too_long}"
+    # In dark mode the batch values (dots) read as well as the running averages (lines) that
+    # the caption compares them with.
+    assert {(m["trace"], m["kind"]) for m in marks} >= {("channel 0", "line"),
+                                                        ("channel 0", "points")}, marks
+    assert not _faint(marks), f"curves or points too faint in dark mode ({where}): {_faint(marks)}"
 
 
 @pytest.mark.parametrize("projector", ["dark", "light"], indirect=True)
