@@ -78,7 +78,7 @@ def running_vs_batch(steps: Sequence[int], batch_mean: np.ndarray, running_mean:
         color = PALETTE[i % len(PALETTE)]
         for col, batch, running in ((1, batch_mean, running_mean), (2, batch_var, running_var)):
             fig.add_scatter(x=x, y=batch[:, ch], mode="markers", row=1, col=col,
-                            marker={"color": color, "size": 6, "opacity": 0.55},
+                            marker={"color": color, "size": 7},  # at 55 %: 2-3:1 in dark mode
                             name=f"channel {ch}", legendgroup=str(ch), showlegend=False,
                             hovertemplate=f"channel {ch}, step %{{x}}: batch %{{y:.3f}}"
                                           "<extra></extra>")

@@ -65,7 +65,7 @@ def test_training_figures_carry_the_metrics():
     assert [t.name for t in overlay.data] == ["a"]  # a run without that metric is left out
     # Accuracy stays on its 0–1 scale even for one epoch; the legend sits under the plot.
     assert tuple(overlay.layout.yaxis.range) == (0, 1.02)
-    assert overlay.layout.legend.y < 0 and overlay.layout.legend.yanchor == "top"
+    assert overlay.layout.legend.yref == "container" and overlay.layout.legend.yanchor == "bottom"
     assert overlay.layout.xaxis.dtick == 1  # epochs are whole numbers
     # A run missing from one chart (no epoch yet) leaves the others' colours as they are.
     runs = {"a": epochs, "b": epochs.iloc[0:0], "c": epochs}
