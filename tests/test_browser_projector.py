@@ -307,6 +307,13 @@ def _settle(pg) -> None:
     pg.wait_for_timeout(1000)
 
 
+def _drawn(pg, n_selects: int) -> None:
+    """Wait until the page's select boxes are drawn and its run is over: on a loaded machine a
+    page can still show Streamlit's grey placeholders when _settle's 30 s are up."""
+    pg.wait_for_function(SHOWN, arg=n_selects, timeout=90_000)
+    pg.wait_for_function(STILL, timeout=90_000)
+
+
 def _show_tables(pg) -> None:
     # Scroll the tables into view: Glide draws its header cells once a grid is on screen.
     for frame in pg.get_by_test_id("stDataFrame").all():
@@ -325,6 +332,7 @@ def _app_background(pg) -> str:
 def test_page_on_projector(app_url, projector, screenshot, name):
     path, ready, n_metrics, n_selects, n_chips = PAGES[name]
     _open(projector, app_url + path, ready)
+    _drawn(projector, n_selects)
     # The system's theme is followed: a dark background (contrast with black under 2) in
     # the dark scheme, a light one in the light scheme.
     dark = projector.evaluate("matchMedia('(prefers-color-scheme: dark)').matches")
@@ -718,6 +726,7 @@ def test_page_in_presentation_mode(app_url, browser, screenshot, name):
     pg = context.new_page()
     try:
         _open(pg, app_url + path + ("&" if "?" in path else "?") + "present=true", ready)
+        _drawn(pg, n_selects)
         # The mode is on: present.css's root font (Streamlit's own is 16 px), sidebar closed.
         assert pg.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)") \
             == 20
