@@ -330,6 +330,8 @@ def history() -> None:
     table["whose"] = ["yours" if r["session"] == me else "others'" for r in runs]
     show = [c for c in ("id", "name", "whose", "status", "created_at", "error") if c in table]
     table = table[show]
+    if "error" in table:  # a run without a message shows a blank, not "None"
+        table["error"] = table["error"].fillna("")
     if "created_at" in table:  # a time no calendar can show reads as blank, not as an error
         table["created_at"] = pd.to_datetime(table["created_at"], unit="s",
                                              errors="coerce").dt.strftime("%Y-%m-%d %H:%M")

@@ -197,7 +197,10 @@ def test_history_survives_a_stored_time_no_calendar_shows():
         conn.execute("UPDATE runs SET created_at=1e20 WHERE id=?", (run_id,))
     at = train_page()
     assert not at.exception, at.exception
-    assert run_id in list(at.dataframe[0].value["id"])
+    history = at.dataframe[0].value
+    assert run_id in list(history["id"])
+    # A completed run has no message: its cell is blank (Streamlit writes a missing one "None").
+    assert history.loc[history["id"] == run_id, "error"].tolist() == [""]
     store.delete_run(run_id)
 
 
