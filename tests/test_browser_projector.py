@@ -260,6 +260,19 @@ def _cut_chips(seen: dict) -> list[dict]:
     return [c for c in seen["chips"] if c["scroll"] > c["client"] or c["width"] > c["room"] + 0.1]
 
 
+def _assert_boxes_and_titles(seen: dict, name: str, n_selects: int, n_chips: int) -> None:
+    """At least the select boxes and chips counted, none cut, every chart title within its
+    chart. Every select box shows its whole value: a preset or a dataset cut to "5,000 MNIST
+    digits (of" cannot be read by a class. The canvas measure is the second method: it must
+    agree."""
+    assert len(seen["selects"]) >= n_selects and len(seen["chips"]) >= n_chips, \
+        (name, seen["selects"], seen["chips"])
+    clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
+    assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
+    assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
+    assert not _long_titles(seen), f"chart titles past their charts on {name}: {seen['titles']}"
+
+
 def _assert_readable(seen: dict, name: str, n_metrics: int = 0, n_selects: int = 0,
                      n_chips: int = 0) -> None:
     """What a MEASURE must show on a page read from the back of a room: at least the metrics,
@@ -271,14 +284,7 @@ def _assert_readable(seen: dict, name: str, n_metrics: int = 0, n_selects: int =
     assert not cut, f"metrics cut on {name}: {cut}"
     hidden = [t for t in seen["tables"] if t["headers"] < t["columns"] or t["scroll"] > t["client"]]
     assert not hidden, f"tables with hidden columns on {name}: {hidden}"
-    # Every select box shows its whole value: a preset or a dataset cut to "5,000 MNIST digits
-    # (of" cannot be read by a class. The canvas measure is the second method: it must agree.
-    assert len(seen["selects"]) >= n_selects and len(seen["chips"]) >= n_chips, \
-        (name, seen["selects"], seen["chips"])
-    clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
-    assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
-    assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
-    assert not _long_titles(seen), f"chart titles past their charts on {name}: {seen['titles']}"
+    _assert_boxes_and_titles(seen, name, n_selects, n_chips)
     assert not seen["legends"], f"chart legends over their titles on {name}: {seen['legends']}"
     assert seen["mainScroll"] <= seen["mainClient"], f"{name} runs off the page sideways"
     assert not seen["midword"], f"headings broken mid-word on {name}: {seen['midword']}"
@@ -470,12 +476,7 @@ def test_select_boxes_in_other_views_on_a_projector(app_url, projector, screensh
     projector.wait_for_function(STILL, timeout=60_000)
     screenshot(projector, f"projector_dark_{name}")
     seen = projector.evaluate(MEASURE)
-    assert len(seen["selects"]) >= n_selects and len(seen["chips"]) >= n_chips, \
-        (name, seen["selects"], seen["chips"])
-    clipped, cut_chips = _cut_selects(seen), _cut_chips(seen)
-    assert not clipped, f"select boxes whose value is cut on {name}: {clipped}"
-    assert not cut_chips, f"multiselect chips cut on {name}: {cut_chips}"
-    assert not _long_titles(seen), f"chart titles past their charts on {name}: {seen['titles']}"
+    _assert_boxes_and_titles(seen, name, n_selects, n_chips)
     opened, too_long = _options_cut(projector, screenshot, name)
     assert opened >= n_selects
     assert not too_long, f"options cut in their select box on {name}: {too_long}"
