@@ -58,10 +58,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory) -> Iterator[str]:
+def app_runs_db(tmp_path_factory) -> Path:
+    """The SQLite file of the browser tests' server (app_url): a test reads which runs exist."""
+    return tmp_path_factory.mktemp("runs") / "runs.sqlite"
+
+
+@pytest.fixture(scope="session")
+def app_url(tmp_path_factory, app_runs_db) -> Iterator[str]:
     """Start `streamlit run app.py` on a free port and wait for /_stcore/health."""
     port = _free_port()
-    env = os.environ | {"EXPLORER_RUNS_DB": str(tmp_path_factory.mktemp("runs") / "runs.sqlite")}
+    env = os.environ | {"EXPLORER_RUNS_DB": str(app_runs_db)}
     # The server's and its workers' output goes to a file: a pipe nobody reads fills up (64 KiB)
     # and then blocks whichever server thread writes next, a page run among them.
     log_path = tmp_path_factory.mktemp("server") / "server.log"

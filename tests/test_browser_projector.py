@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -614,7 +615,8 @@ def test_train_with_runs_on_a_projector(app_url, screen, screenshot):
 
 
 @pytest.mark.parametrize("screen", list(SCREENS), indirect=True)
-def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, screen, screenshot):
+def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, app_runs_db, screen,
+                                                         screenshot):
     """Batch norm's Statistics tab once a run has recorded its statistics (one epoch of
     BN-LeNet, recorded on this page), at 683×512 ×1.5 and in presentation mode (1280×720):
     its four metrics, the Run box, the BN layer box, the "Channels to follow" chips, the five
@@ -631,10 +633,15 @@ def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, screen, screens
         box.fill(value)
         box.press("Enter")
         _settle(pg)
-    before = pg.url
+    # The new run is the one with a higher id than every run before it: the URL may already
+    # name an older recorded run (the Run box opens on the newest), and that URL can change
+    # (its BN layer added) before the new run's id replaces it.
+    with contextlib.closing(sqlite3.connect(app_runs_db)) as db:
+        newest = db.execute("SELECT COALESCE(MAX(id), 0) FROM runs").fetchone()[0]
     record.click()
-    pg.wait_for_function("u => location.href !== u && /[?&]bn_run=\\d+/.test(location.href)",
-                         arg=before, timeout=60_000)
+    pg.wait_for_function(
+        "n => { const m = /[?&]bn_run=(\\d+)/.exec(location.href); return m && +m[1] > n; }",
+        arg=newest, timeout=60_000)
     run_id = int(re.search(r"[?&]bn_run=(\d+)", pg.url)[1])
     pg.get_by_text(f"Run {run_id} completed.").wait_for(timeout=300_000)
     pg.get_by_test_id("stMetricValue").first.wait_for(timeout=60_000)
