@@ -56,7 +56,9 @@ def stat_heatmap(steps: Sequence[int], values: np.ndarray, title: str, colorbar:
         colorscale="RdBu_r" if diverging else "Viridis", zmid=0 if diverging else None,
         colorbar={"title": {"text": colorbar, "side": "right"}, "thickness": 14},
         hovertemplate="step %{x}, channel %{y}: %{z:.3f}<extra></extra>"))
-    fig.update_xaxes(title_text="training step")
+    # One column per recorded step, labelled with it: a numeric axis around two or three
+    # recorded steps spans half a cell either side, and so read "step −5".
+    fig.update_xaxes(title_text="training step", type="category")
     fig.update_yaxes(title_text="channel", autorange="reversed",
                      dtick=None if z.shape[0] > 16 else 1)
     return _layout(fig, title, height)

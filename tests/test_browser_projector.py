@@ -659,6 +659,13 @@ def test_bn_statistics_of_a_recorded_run_on_a_projector(app_url, app_runs_db, sc
     marks = pg.evaluate(MARKS)
     runs = [s for s in seen["selects"] if s["label"] == "Run"]
     assert runs and runs[0]["text"].startswith(f"#{run_id} "), seen["selects"]
+    # The heatmaps' step axis reads recorded steps only (whole numbers), never a
+    # step before the first (a numeric axis drew half a cell, "−5", before step 0).
+    ticks = pg.evaluate("""() => [
+      ...document.querySelectorAll('[data-testid=stMain] .js-plotly-plot')]
+      .filter(p => /batch mean per channel/.test((p.querySelector('.gtitle') || {}).textContent))
+      .flatMap(p => [...p.querySelectorAll('.xtick text')].map(t => t.textContent))""")
+    assert ticks and all(re.fullmatch(r"\d+", t) for t in ticks), ticks
     follow = [c["text"] for c in seen["chips"] if c["label"] == "Channels to follow"]
     assert follow == ["0", "1", "2"], seen["chips"]
     # The batch mean and standard deviation heatmaps, running vs batch, γ and β, histograms.
