@@ -31,19 +31,17 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
+sys.path.insert(0, str(ROOT / "tests"))
+from app_server import CHROMIUM, CHROMIUM_ARGS, start_app  # noqa: E402 (tests/app_server.py)
+
 TICK = os.sysconf("SC_CLK_TCK")
 STUDENTS, CORES = 30, 2
 # name → URL path (as app.py's st.navigation serves them)
@@ -59,34 +57,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of proc(5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = os.environ | {"EXPLORER_LOCAL_WORKERS": "0",
-                        "EXPLORER_RUNS_DB": str(tmp / "runs.sqlite"),
-                        "EXPLORER_DATA_DIR": str(tmp / "data")}
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115 (open for the server's lifetime)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
-         "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("the server did not become healthy within 120 s; see " + str(log.name))
+    """The app with no worker processes, its store and data in ``tmp``; (process, URL)."""
+    return start_app({"EXPLORER_LOCAL_WORKERS": "0", "EXPLORER_RUNS_DB": str(tmp / "runs.sqlite"),
+                      "EXPLORER_DATA_DIR": str(tmp / "data")}, tmp / "server.log", timeout=120)
 
 
 def idle_rate(pid: int, seconds: float = 6.0) -> float:

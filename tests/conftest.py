@@ -1,17 +1,13 @@
 """Shared test set-up: in CI (CI=true) a skipped test is a failure."""
 
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from app_server import CHROMIUM, CHROMIUM_ARGS, ROOT, app_server
 from pg_fixture import postgres_server, postgres_url, store_url  # noqa: F401 (fixtures)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -44,17 +40,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 # ---- Browser tests: one Streamlit server per session, Debian's Chromium through Playwright ----
 
-ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -65,39 +51,10 @@ def app_runs_db(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def app_url(tmp_path_factory, app_runs_db) -> Iterator[str]:
-    """Start `streamlit run app.py` on a free port and wait for /_stcore/health."""
-    port = _free_port()
-    env = os.environ | {"EXPLORER_RUNS_DB": str(app_runs_db)}
-    # The server's and its workers' output goes to a file: a pipe nobody reads fills up (64 KiB)
-    # and then blocks whichever server thread writes next, a page run among them.
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    log = open(log_path, "wb")  # noqa: SIM115 (open for the server's whole life)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
-         "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        log.close()
-        raise RuntimeError("the Streamlit server did not become healthy within 90 s: "
-                           + log_path.read_bytes().decode(errors="replace")[-2000:])
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    """`streamlit run app.py` on a free port, healthy (tests/app_server.py)."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with app_server({"EXPLORER_RUNS_DB": str(app_runs_db)}, log) as (_, url):
+        yield url
 
 
 @pytest.fixture(scope="session")
