@@ -35,14 +35,13 @@ import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
 
 from explorer.analysis import analyze  # noqa: E402
+from explorer.models import build  # noqa: E402
+from explorer.registry import get_preset  # noqa: E402
 
 
-def lenet5() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2, 2),
-        nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2, 2),
-        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10))
+def lenet5() -> nn.Module:
+    """d2l's LeNet (61,706 parameters), from the registry."""
+    return build(get_preset("course_lenet_d2l").spec)
 
 
 def one_round(large: nn.Module, shape: tuple[int, int, int],
