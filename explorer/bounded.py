@@ -33,7 +33,10 @@ def shown(value: Any, limit: int = 60) -> str:
         text = repr(value)
     except ValueError:  # an int over Python's 4,300-digit limit cannot be written out
         return "a number too long to show"
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    quote = text[0] if text[0] in "'\"" else ""  # a cut string still closes its quote
+    return text[:limit - 1 - len(quote)] + "…" + quote
 
 
 def _size(n: int) -> str:

@@ -309,7 +309,7 @@ class _Run:
                  stop: threading.Event, dev: torch.device) -> None:
         n_train = len(dataset.train_labels)
         if cfg.batch_size > n_train:
-            raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {n_train} "
+            raise ConfigError(f"the batch size {cfg.batch_size} is larger than the {n_train} "
                               f"training images; choose at most {n_train}.")
         if num_classes < dataset.num_classes:
             raise ConfigError(f"the model has {num_classes} outputs but {dataset.name} has "

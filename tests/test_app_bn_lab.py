@@ -349,3 +349,12 @@ def test_every_outcome_of_the_experiment_has_its_alert_and_no_page_reads_the_wor
     for source in [*pages.glob("*.py"), *pages.glob("bn_views/*.py")]:
         text = source.read_text(encoding="utf-8")
         assert "text.startswith" not in text and "It happened" not in text, source
+
+
+def test_a_link_whose_run_is_not_a_number_is_a_sentence_above_the_run_picker():
+    at = bn_page({"bn_view": VIEWS["stats"], "bn_run": "abc"})
+    assert not at.exception, at.exception
+    assert "The link's bn_run must be a run number such as 12, not 'abc'." in \
+        [w.value.replace("\\_", "_") for w in at.warning]  # Markdown-escaped on the page
+    at.run()  # said once: the next rerun no longer repeats it
+    assert not any("bn_run must be" in w.value for w in at.warning)

@@ -23,6 +23,7 @@ from explorer.estimate import (
     check_budget,
     check_classes,
     cpu_share,
+    duration_text,
     epoch_sentence,
     estimate_run,
     fit,
@@ -262,6 +263,12 @@ def test_epoch_sentence():
     assert epoch_sentence(41.6) == "about 42 s per epoch on this server"
     assert epoch_sentence(300) == "about 5 min per epoch on this server"
     assert epoch_sentence(0.2) == "under 1 s per epoch on this server"
+    # Under 10 s a decimal, so that the epochs add up to the total: 3 × 2.4 s = 7.2 s, and
+    # 200 × 2.5 s = 500 s = 8.3 min (a whole "3 s" per epoch read as 10 min in all).
+    assert epoch_sentence(2.4) == "about 2.4 s per epoch on this server"
+    assert duration_text(3 * 2.4) == "7.2 s" and duration_text(9.96) == "10 s"
+    assert epoch_sentence(2.5) == "about 2.5 s per epoch on this server"
+    assert duration_text(200 * 2.5) == "8 min"
 
 
 # ---- the budget -------------------------------------------------------------------------------

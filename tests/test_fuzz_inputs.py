@@ -185,6 +185,14 @@ def test_run_ids_within_sqlite_range_are_read():
         assert isinstance(answers(parse_id, text, "run"), ConfigError)
 
 
+def test_a_long_id_is_cut_in_its_sentence_and_its_quotes_still_close():
+    # 5,000 nines: repr is 5,002 characters; the sentence keeps 30 of them, the last the
+    # closing quote after the ellipsis: "'" + 27 nines + "…'".
+    text = str(answers(parse_id, "9" * 5000, "The link's run"))
+    assert text == "The link's run must be a run number such as 12, not '" + "9" * 27 + "…'."
+    assert str(answers(parse_id, "-1", "run")).endswith("not '-1'.")
+
+
 # ---- inputs too large to keep as files --------------------------------------------------------
 
 def test_a_million_pasted_rows_are_refused_before_any_row_is_read():

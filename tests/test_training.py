@@ -274,7 +274,7 @@ def test_config_dict_round_trip_and_unknown_fields():
 
 def test_user_mistakes_become_sentences():
     ds = synthetic(n_train=64)
-    with pytest.raises(ConfigError, match="batch_size 128 is larger than the 64"):
+    with pytest.raises(ConfigError, match="the batch size 128 is larger than the 64"):
         train(tiny(), (1, 8, 8), 10, ds, TrainConfig(batch_size=128, device="cpu"))
     with pytest.raises(ConfigError, match="5 outputs"):
         train(tiny(), (1, 8, 8), 5, ds, TrainConfig(batch_size=32, device="cpu"))

@@ -8,8 +8,6 @@ are read and written here.
 
 from __future__ import annotations
 
-import contextlib
-
 import streamlit as st
 
 from explorer import bn_lab
@@ -41,7 +39,7 @@ def read_link() -> None:
     """Apply what the URL names that this session did not write itself (a teacher's link).
 
     A link from before the tabs (``bn_view=fold``) opens its tab too. A run number that is not
-    a number is ignored here; one that names no recorded run is a sentence in the run picker.
+    a number, or one that names no recorded run, is a sentence above the run picker.
     """
     params = st.query_params.to_dict()
     old_view = VIEWS.get(params.get("bn_view", ""))
@@ -50,8 +48,10 @@ def read_link() -> None:
     written = state.get(WRITTEN, {})
     new = {k: params[k] for k in LINKED if k in params and params[k] != written.get(k)}
     if "bn_run" in new:
-        with contextlib.suppress(ConfigError):
-            state["bn_run"] = parse_id(new["bn_run"], "bn_run")
+        try:
+            state["bn_run"] = parse_id(new["bn_run"], "The link's bn_run")
+        except ConfigError as exc:  # said above the run picker
+            state["bn_run_refused"] = str(exc)
     if new.get("bn_layer"):
         state["bn_layer"] = new["bn_layer"]  # checked against the run's layers when drawn
     if "bn_exp" in new:

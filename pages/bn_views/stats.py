@@ -104,6 +104,8 @@ def record_panel() -> None:
 def run_picker() -> int | None:
     runs = bn_lab.recorded_runs(get_manager().store)
     ids = [r["id"] for r in runs]
+    if "bn_run_refused" in state:
+        st.warning(md_escape(state.pop("bn_run_refused")))
     if state.get("bn_run") is not None and state["bn_run"] not in ids:
         st.error(f"Run {state['bn_run']} has no recorded BN statistics here (it may have "
                  f"been deleted, or trained on the Train page without a recorder); pick "
