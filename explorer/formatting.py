@@ -35,3 +35,14 @@ def fmt_bytes(n: float | None) -> str:
 def shape_text(shape: Sequence[int] | None) -> str:
     """(64, 24, 24) → '64×24×24'; containers that are never called whole show a dash."""
     return "×".join(str(s) for s in shape) if shape is not None and len(shape) else MISSING
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """1, 'run' → '1 run'; 3 → '3 runs'; ``many`` for a plural that is not word + 's'."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
+def run_list(ids: Sequence[int]) -> str:
+    """[5] → '#5'; [5, 6] → '#5 and #6'; [5, 6, 7] → '#5, #6 and #7'."""
+    tags = [f"#{i}" for i in ids]
+    return " and ".join(tags) if len(tags) < 3 else ", ".join(tags[:-1]) + " and " + tags[-1]

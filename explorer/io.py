@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from explorer.bounded import loads
 from explorer.errors import ConfigError
+from explorer.formatting import plural
 from explorer.registry import PRESETS, get_preset
 from explorer.specs import SpecBase, spec_from_dict, spec_from_query
 
@@ -271,7 +272,8 @@ def weights_export_problem(store: Any, run_ids: list[int], limits: Any = None) -
     if sum(sizes) <= limits.per_run:
         return None
     biggest = max(range(len(run_ids)), key=sizes.__getitem__)
-    return (f"The weights of these {len(run_ids)} run(s) come to {_size_text(sum(sizes))} "
+    these = "this run" if len(run_ids) == 1 else f"these {len(run_ids)} runs"
+    return (f"The weights of {these} come to {_size_text(sum(sizes))} "
             f"(run #{run_ids[biggest]}'s alone {_size_text(sizes[biggest])}); an export carries "
             f"at most {_size_text(limits.per_run)} of weights, so export fewer runs at once, or "
             f"without their weights.")
@@ -364,20 +366,29 @@ def _check_weights_fit(blob: bytes, spec_dict: Any, where: str) -> None:
 
 
 def import_runs_file(store: Any, data: bytes | str, filename: str = "runs.json",
-                     session: str | None = None, limits: Any = None
-                     ) -> tuple[list[int], list[str]]:
+                     session: str | None = None, limits: Any = None,
+                     max_kept: int | None = None) -> tuple[list[int], list[str]]:
     """Import an uploaded runs file (JSON, or a zip with weights): (new run ids, sentences).
 
     Everything is checked before anything is stored: the runs by ``RunStore.import_runs`` (all
     or none) and each run's weights (safetensors that fit the run's network). The weights are
     then kept under the new ids within the server's limits (``explorer.weights``); a refusal or
-    an eviction is one of the returned sentences, never a silent loss.
+    an eviction is one of the returned sentences, never a silent loss. ``max_kept`` (a visitor's
+    limit; None for the teacher) refuses a file that would leave ``session`` keeping more runs:
+    one visitor's imports cannot bury the class's runs.
     """
     from explorer.weights import WeightsLimits, store_weights_bytes
 
     limits = limits or WeightsLimits.from_env()
     items, weights = read_runs_file(data, filename, limits)
     shown = PurePath(filename or "the file").name
+    if session is not None and max_kept is not None:
+        kept = store.count_runs(session)
+        if kept + len(items) > max_kept:
+            raise ConfigError(
+                f"{shown} holds {plural(len(items), 'run')} and you keep {kept:,} on this "
+                f"server; a visitor keeps at most {max_kept:,}, so delete some of yours or "
+                f"import fewer (the teacher has no limit).")
     for k, blob in weights.items():
         spec = items[k].get("spec") if isinstance(items[k], dict) else None
         if not isinstance(spec, dict):

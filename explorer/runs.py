@@ -326,12 +326,30 @@ class RunStore(QueueOps):
         with self._db.tx() as tx:
             return self._run_dict(self._require(tx, run_id))
 
-    def list_runs(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """All runs, newest first (without their metrics)."""
+    def list_runs(self, limit: int | None = None,
+                  session: str | None = None) -> list[dict[str, Any]]:
+        """All runs, newest first (without their metrics); with ``limit``, the newest ``limit``.
+
+        With ``session`` too, that session's own newest ``limit`` are added however many runs
+        others started or imported since: a visitor's runs never leave their own lists.
+        """
         sql = "SELECT * FROM runs ORDER BY id DESC"
         with self._db.tx() as tx:
-            rows = tx.all(sql) if limit is None else tx.all(sql + " LIMIT ?", (int(limit),))
-        return [self._run_dict(r) for r in rows]
+            if limit is None:
+                rows = tx.all(sql)
+            else:
+                rows = tx.all(sql + " LIMIT ?", (int(limit),))
+                if session is not None:
+                    rows += tx.all("SELECT * FROM runs WHERE session = ? ORDER BY id DESC "
+                                   "LIMIT ?", (session, int(limit)))
+        unique = {r["id"]: r for r in rows}
+        return [self._run_dict(unique[i]) for i in sorted(unique, reverse=True)]
+
+    def count_runs(self, session: str) -> int:
+        """How many runs, of any status, belong to ``session``."""
+        with self._db.tx() as tx:
+            return int(tx.one("SELECT COUNT(*) AS n FROM runs WHERE session = ?",
+                              (session,))["n"])
 
     def runs_with_spec(self, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Runs whose stored model spec equals ``spec`` (a spec's ``to_dict()``), newest first."""

@@ -26,7 +26,7 @@ from explorer.models import build
 from explorer.runs import FINAL, RunStore
 from explorer.specs import spec_from_dict, spec_from_json
 from explorer.weights import load_into, read_weights, run_files, weights_note, weights_path
-from pages.common import current_spec, dataset, use_app_navigation
+from pages.common import current_spec, dataset, use_app_navigation, visitor
 
 state = st.session_state
 SOURCES = ["A training run", "The Build page's model (untrained)"]
@@ -71,7 +71,7 @@ def linked_run() -> None:
     state["in_linked"] = raw
     if raw:
         try:
-            state["in_run"] = parse_id(raw, "run")
+            state["in_run"] = parse_id(raw, "The link's run")
             state["in_source"] = SOURCES[0]
         except ConfigError as exc:
             st.warning(md_escape(str(exc)))
@@ -82,7 +82,15 @@ def choose_model() -> tuple | None:
     source = st.radio("Model", SOURCES, key="in_source", horizontal=True)
     if source == SOURCES[1]:
         return ("build", current_spec().to_json(None))
-    runs = [r for r in store().list_runs(limit=200) if r["status"] in FINAL]
+    runs = [r for r in store().list_runs(limit=200, session=visitor()) if r["status"] in FINAL]
+    linked = state.get("in_run")
+    if isinstance(linked, int) and linked not in {r["id"] for r in runs}:
+        try:  # a link to an older run than the list holds
+            run = store().get_run(linked)
+            if run["status"] in FINAL:
+                runs = sorted([*runs, run], key=lambda r: -r["id"])
+        except ConfigError:
+            pass  # no such run: the sentence below
     if not runs:
         st.info("No finished run yet: train one on the Train page, or inspect the Build page's "
                 "model untrained.")

@@ -8,14 +8,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from explorer import charts
+from explorer import charts, settings
 from explorer.admission import head_for
 from explorer.bounded import parse_id
 from explorer.data import DATA_HELP, DATASETS, OFFLINE, default_data_dir
 from explorer.errors import ConfigError
 from explorer.estimate import head_option
 from explorer.footprint import DataSizes
-from explorer.formatting import fmt_count
+from explorer.formatting import fmt_count, plural, run_list
 from explorer.forms import md_escape
 from explorer.io import export_runs, import_runs_file, runs_export_name, weights_export_problem
 from explorer.jobs import DataRef
@@ -204,7 +204,7 @@ def estimate_line() -> None:
     if price.refusal is not None:
         st.warning(md_escape(capitalised(str(price.refusal))))
     else:
-        st.caption(f"{price.sentence} {get_manager().outlook(visitor())}")
+        st.caption(f"{price.sentence} {get_manager().outlook(visitor(), is_teacher())}")
 
 
 def status_line(job_id: int, snap) -> None:
@@ -264,8 +264,10 @@ def live_panel(job_id: int) -> None:
     cols[1].metric("Train acc", f"{train_acc:.1%}" if train_acc is not None else "–")
     test = epochs[-1].get("test_acc") if epochs else None
     cols[2].metric("Test acc", f"{test:.1%}" if test is not None else "–")
-    cols[3].metric("Images/s", fmt_count(last["images_per_s"]) if "images_per_s" in last
-                   else "–")
+    rate = snap.images_per_s
+    cols[3].metric("Images/s", fmt_count(rate) if rate is not None else "–",
+                   help="Training images per second: the median of the last five reports "
+                        "while the run trains, the last epoch's own rate once it has ended")
     left, right = st.columns(2)
     left.plotly_chart(charts.loss_figure(snap.step_metrics), width="stretch",
                       key=f"loss_{job_id}")
@@ -284,13 +286,14 @@ def on_import() -> None:
     if upload is None:
         return
     try:
+        kept = None if is_teacher() else settings.read("EXPLORER_RUNS_KEPT_PER_VISITOR")
         ids, notes = import_runs_file(get_manager().store, upload.getvalue(), upload.name,
-                                      session=visitor())
+                                      session=visitor(), max_kept=kept)
     except ConfigError as exc:
         state["tr_import_msg"] = ("error", md_escape(str(exc)))
         return
     state["tr_import_msg"] = ("success", " ".join(
-        [f"Imported {len(ids)} run(s) as {', '.join(f'#{i}' for i in ids)}."]
+        [f"Imported {plural(len(ids), 'run')} as {run_list(ids)}."]
         + [md_escape(n) for n in notes]))
 
 
@@ -321,11 +324,11 @@ def history() -> None:
     if "tr_import_msg" in state:
         kind, text = state.pop("tr_import_msg")
         (st.error if kind == "error" else st.success)(text)
-    runs = store.list_runs(limit=200)
+    me, teacher = visitor(), is_teacher()
+    runs = store.list_runs(limit=200, session=me)  # the newest 200, and all of one's own
     if not runs:
         st.caption("No runs yet. Start one above.")
         return
-    me, teacher = visitor(), is_teacher()
     table = pd.DataFrame(runs)
     table["whose"] = ["yours" if r["session"] == me else "others'" for r in runs]
     show = [c for c in ("id", "name", "whose", "status", "created_at", "error") if c in table]
@@ -345,6 +348,8 @@ def history() -> None:
     chosen = st.multiselect("Overlay runs", ids, format_func=labels.get,
                             key="tr_overlay", persist_state=KEEP,
                             max_selections=8)
+    if not chosen:
+        state.pop("tr_confirm_delete", None)  # a question about runs no longer chosen
     if chosen:
         frames = {labels[i]: store.metrics(i) for i in chosen}
         steps = {k: f[f["kind"] == "step"] for k, f in frames.items()}
@@ -374,15 +379,25 @@ def history() -> None:
                      if get_manager().may_manage(next(r for r in runs if r["id"] == i), me,
                                                  teacher)]
         if deletable:
-            c3.button(f"Delete {len(deletable)} of your run(s)…" if not teacher
-                      else f"Delete {len(deletable)} run(s)…",
+            c3.button(f"Delete {'your ' if not teacher else ''}"
+                      f"{'run' if len(deletable) == 1 else f'{len(deletable)} runs'}…",
                       on_click=state.__setitem__, args=("tr_confirm_delete", deletable))
         else:
             c3.caption("Only the visitor who started a run (or the teacher) can delete it.")
         confirm = state.get("tr_confirm_delete")
+        if confirm and confirm != deletable:  # the selection changed since: ask again
+            state.pop("tr_confirm_delete")
+            confirm = None
         if confirm:
-            st.warning(f"Delete run(s) {', '.join(f'#{i}' for i in confirm)} for good? Their "
-                       f"metrics go too; this cannot be undone.")
+            status = {r["id"]: r["status"] for r in runs}
+            training = [i for i in confirm if status.get(i) == "running"]
+            what = "it and its metrics" if len(confirm) == 1 else "them and their metrics"
+            note = (f" {run_list(training)} {'is' if len(training) == 1 else 'are'} training: "
+                    f"Yes stops {'it' if len(training) == 1 else 'them'}, and you delete "
+                    f"{'it' if len(training) == 1 else 'them'} once stopped."
+                    if training else "")
+            st.warning(f"Delete {'run' if len(confirm) == 1 else 'runs'} {run_list(confirm)} "
+                       f"for good? This deletes {what} and cannot be undone.{note}")
             y, n = st.columns(2)
             y.button("Yes, delete", type="primary", on_click=delete_runs, args=(confirm,))
             n.button("Cancel", on_click=lambda: state.pop("tr_confirm_delete", None))

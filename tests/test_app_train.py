@@ -224,8 +224,17 @@ def test_a_visitor_deletes_only_their_own_runs_after_a_confirmation():
     assert not [b for b in at.button if b.label.startswith("Delete")]
     assert any("Only the visitor who started a run" in c.value for c in at.caption)
     at.multiselect(key="tr_overlay").select(mine).run()
-    button(at, "Delete 1 of your run(s)…").click().run()
-    assert any("cannot be undone" in w.value for w in at.warning)
+    button(at, "Delete your run…").click().run()
+    assert any(f"Delete run #{mine} for good?" in w.value and "cannot be undone" in w.value
+               for w in at.warning), [w.value for w in at.warning]
+    # The selection changes after the question: the question goes, and Yes with it (it would
+    # have deleted a run no longer chosen).
+    at.multiselect(key="tr_overlay").unselect(mine).run()
+    assert not any("for good?" in w.value for w in at.warning)
+    assert not [b for b in at.button if b.label == "Yes, delete"]
+    at.multiselect(key="tr_overlay").select(mine).run()  # chosen again: asked again first
+    assert not any("for good?" in w.value for w in at.warning)
+    button(at, "Delete your run…").click().run()
     assert mine in [r["id"] for r in store.list_runs(limit=1000)]  # not before the yes
     button(at, "Yes, delete").click().run()
     assert not at.exception, at.exception
@@ -248,10 +257,22 @@ def test_the_teacher_key_lets_the_teacher_delete_any_run(monkeypatch):
     assert any("not this server's teacher key" in w.value for w in at.sidebar.warning)
     at.text_input(key="teacher_key_input").input("blackboard").run()
     assert any("Teacher:" in c.value for c in at.sidebar.caption)
-    at.multiselect(key="tr_overlay").select(theirs).run()
-    button(at, "Delete 1 run(s)…").click().run()
+    training = store.create_run("training", get_preset("course_lenet5").spec.to_dict(),
+                                {"epochs": 1}, status="running", session="another student")
+    at.run()  # the history lists it
+    at.multiselect(key="tr_overlay").select(theirs).select(training).run()
+    button(at, "Delete 2 runs…").click().run()
+    # The question says which run trains, and what Yes does to it.
+    assert any(f"Delete runs #{theirs} and #{training} for good?" in w.value
+               and f"#{training} is training: Yes stops it, and you delete it once stopped."
+               in w.value for w in at.warning), [w.value for w in at.warning]
+    at.multiselect(key="tr_overlay").unselect(training).run()
+    button(at, "Delete run…").click().run()
     button(at, "Yes, delete").click().run()
-    assert theirs not in [r["id"] for r in store.list_runs(limit=1000)]
+    ids = [r["id"] for r in store.list_runs(limit=1000)]
+    assert theirs not in ids and training in ids
+    store.set_status(training, "stopped")  # no worker trains it: out of the other tests' way
+    store.delete_run(training)
 
 
 def test_a_data_directory_survives_switching_to_the_offline_set_and_back():
@@ -330,9 +351,9 @@ def test_the_estimate_shows_before_start_and_refusals_are_sentences(monkeypatch)
     assert any("per epoch on this server" in c.value and "of memory at batch size 128" in c.value
                for c in at.caption)
     # And what the run would meet: a free worker, or its place in the queue.
-    outlook = re.compile(r"(A worker is free: it would start at once|\d+ runs? (is|are) "
-                         r"training and \d+ waiting: yours would be \d+(st|nd|rd|th) in the "
-                         r"queue)\.$")
+    outlook = re.compile(r"(A worker is free: it would start at once|(No run is|\d+ runs? "
+                         r"(is|are)) training and \d+ waiting: yours would be "
+                         r"\d+(st|nd|rd|th) in the queue)\.$")
     assert any(outlook.search(c.value) for c in at.caption), [c.value for c in at.caption]
     # vgg16 has torchvision's 1000-way head; the offline digits have 10 classes.
     at.selectbox(key="tr_preset").select("vgg16").run()
@@ -372,7 +393,7 @@ def test_a_runs_zip_with_weights_imports_through_the_page_and_keeps_the_weights(
     at = train_page()
     at.file_uploader(key="tr_import").upload("runs.zip", data, "application/zip").run()
     assert not at.exception and not at.error
-    found = re.search(r"Imported 1 run\(s\) as #(\d+)", at.success[0].value)
+    found = re.search(r"Imported 1 run as #(\d+)\.", at.success[0].value)
     assert found, at.success[0].value
     kept = load_weights(RunStore(), int(found.group(1)))
     for name, value in model.state_dict().items():

@@ -314,3 +314,9 @@ def test_one_formatting_module_serves_compare_and_the_pages():
     assert formatting.fmt_bytes(2**30) == "1.0 GiB"
     assert formatting.shape_text((64, 24, 24)) == "64×24×24"
     assert formatting.shape_text(None) == formatting.shape_text(()) == "—"
+    # Counted nouns and lists of runs as a sentence reads them.
+    assert [formatting.plural(n, "run") for n in (0, 1, 2, 1200)] == \
+        ["0 runs", "1 run", "2 runs", "1,200 runs"]
+    assert formatting.plural(3, "class", "classes") == "3 classes"
+    assert [formatting.run_list(ids) for ids in ([5], [5, 6], [5, 6, 7])] == \
+        ["#5", "#5 and #6", "#5, #6 and #7"]

@@ -187,3 +187,28 @@ def test_a_link_from_train_opens_its_run_and_a_bad_one_is_a_sentence():
     bad.query_params["run"] = "²"
     bad.switch_page("pages/inspect.py").run()
     assert not bad.exception and any("run" in w.value for w in bad.warning)
+
+
+def test_a_link_opens_a_finished_run_older_than_the_newest_two_hundred():
+    # A class's own runs, or one visitor's imports, push an older run out of the list of the
+    # newest 200; a link to it (the history's "Inspect run #N") still opens it.
+    store = RunStore()
+    spec = get_preset("course_lenet5").spec.to_dict()
+    old = store.create_run("older", spec, {"epochs": 1}, status="completed")
+    newer = [store.create_run(f"newer {i}", spec, {"epochs": 1}, status="completed",
+                              session="someone else") for i in range(201)]
+    try:
+        at = AppTest.from_file(APP, default_timeout=300)
+        at.query_params["run"] = str(old)
+        at.switch_page("pages/inspect.py").run()
+        assert not at.exception, at.exception
+        assert not any("not a finished run" in i.value for i in at.info), at.info
+        assert at.selectbox(key="in_run").value == old
+        # A bad link is a sentence that begins like one and closes its quote.
+        bad = AppTest.from_file(APP, default_timeout=300)
+        bad.query_params["run"] = "-1"
+        bad.switch_page("pages/inspect.py").run()
+        assert bad.warning[0].value == "The link's run must be a run number such as 12, not '-1'."
+    finally:
+        for i in [old, *newer]:
+            store.delete_run(i)

@@ -188,6 +188,36 @@ def test_import_runs_is_all_or_none_and_finds_runs_by_spec(store_url, tmp_path):
         read_runs(b"{", "x.json")
 
 
+def test_a_visitors_own_runs_stay_in_their_list_however_many_come_after(store):
+    mine = [store.create_run(f"mine {i}", SPEC, CFG, status="completed", session="me")
+            for i in range(2)]
+    others = [store.create_run(f"theirs {i}", SPEC, CFG, status="completed", session="them")
+              for i in range(5)]
+    # The newest three are all someone else's: a list of three alone would lose mine.
+    assert [r["id"] for r in store.list_runs(limit=3)] == [others[4], others[3], others[2]]
+    assert [r["id"] for r in store.list_runs(limit=3, session="me")] == \
+        [others[4], others[3], others[2], mine[1], mine[0]]
+    # My own come at most ``limit`` of them too: the newest.
+    assert [r["id"] for r in store.list_runs(limit=1, session="me")] == [others[4], mine[1]]
+    assert [store.count_runs(s) for s in ("me", "them", "nobody")] == [2, 5, 0]
+
+
+def test_a_visitor_imports_no_more_runs_than_a_visitor_may_keep(store):
+    from explorer.io import import_runs_file, runs_to_json
+
+    one = store.create_run("source", SPEC, CFG, status="completed", session="me")
+    text = runs_to_json([store.export_run(one)] * 2)  # a file of two runs
+    ids, _ = import_runs_file(store, text, "two.json", session="me", max_kept=3)
+    assert len(ids) == 2 and store.count_runs("me") == 3  # 1 + 2 = 3: at the limit
+    with pytest.raises(ConfigError, match=r"two.json holds 2 runs and you keep 3 on this server; "
+                                          r"a visitor keeps at most 3"):
+        import_runs_file(store, text, "two.json", session="me", max_kept=3)
+    assert store.count_runs("me") == 3  # nothing of the refused file was stored
+    # Another visitor, and the teacher (no limit), import it still.
+    assert len(import_runs_file(store, text, "two.json", session="you", max_kept=3)[0]) == 2
+    assert len(import_runs_file(store, text, "two.json", session="me", max_kept=None)[0]) == 2
+
+
 V1_ROWS = """
 INSERT INTO runs (name, spec, config, status, created_at, finished_at)
     VALUES ('from the thread era', '{"family": "lenet"}', '{"epochs": 1}', 'completed', 1.0, 2.0);
@@ -281,3 +311,22 @@ def test_a_postgresql_store_carries_on_after_the_server_restarts():
             # The pool replaces it before handing it out: the next call works, nothing lost.
             assert store.get_run(run_id)["status"] == "queued"
             assert store.claim("w", "cpu", "cpu")["id"] == run_id
+
+
+def test_the_speed_shown_is_a_median_while_training_and_the_epochs_own_once_ended():
+    from explorer.jobs import JobSnapshot
+
+    def snap(status, rates, epoch_rates=()):
+        return JobSnapshot(1, "run", status, None, None, "cpu", len(rates), 10,
+                           tuple({"step": i, "images_per_s": r} for i, r in enumerate(rates)),
+                           tuple({"epoch": i, "images_per_s": r}
+                                 for i, r in enumerate(epoch_rates)))
+
+    rates = [100, 1000, 200, 300, 250, 5000, 220]
+    # The last five reports, 200 300 250 5000 220, sorted 200 220 250 300 5000: median 250.
+    assert snap("running", rates).images_per_s == 250
+    # Ended: the last epoch's own rate (its images over its training time), not a report's.
+    assert snap("stopped", rates, [236, 240]).images_per_s == 240
+    # Stopped before its first epoch ended: the reports still.
+    assert snap("stopped", rates).images_per_s == 250
+    assert snap("queued", []).images_per_s is None

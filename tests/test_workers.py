@@ -296,7 +296,13 @@ def test_before_start_a_visitor_reads_where_their_run_would_stand(idle):
     carol = submit(idle, "carol's", session="carol")
     assert [idle.queue_position(i) for i in (bob, carol, teacher[1])] == [1, 2, 3]
     # The teacher, with one run training, would queue after every other visitor: 4th.
-    assert idle.outlook("teacher").endswith("yours would be 4th in the queue.")
+    assert idle.outlook("teacher", teacher=True).endswith("yours would be 4th in the queue.")
+    # A visitor with their one run queued is told that Start waits for it, not a place that
+    # a second Start (refused) would never take.
+    assert idle.outlook("bob") == (f"You have run #{bob} queued or training; each visitor may "
+                                   f"have 1 at a time, so start another once it has finished.")
+    with pytest.raises(ConfigError, match=f"you already have run #{bob} queued or training"):
+        submit(idle, "bob's second", session="bob")
     # One free worker of two, but runs are waiting: a new run still queues.
     two = JobManager(idle.store, ["cpu", "cpu"])
     assert two.outlook("dave").startswith("1 run is training and 3 waiting")
