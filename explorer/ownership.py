@@ -13,6 +13,9 @@ import binascii
 import hashlib
 import hmac
 import os
+import threading
+import time
+from collections.abc import Callable
 
 TEACHER_ENV = "EXPLORER_TEACHER_KEY"
 MAX_COOKIE = 400  # longer cookie values are not Streamlit's
@@ -53,3 +56,64 @@ def is_teacher_key(text: str) -> bool:
     if not key or not isinstance(text, str) or len(text) > 200:
         return False
     return hmac.compare_digest(text.encode(), key.encode())
+
+
+class TeacherBrowsers:
+    """The browsers (visitor ids) that entered the teacher key, kept by the server process: the
+    key is entered once, and a reload or a second tab of that browser is still the teacher's.
+    A browser is remembered with a hash of the key it entered, so a new key forgets them all.
+
+    Wrong keys are counted per browser: after ``tries`` within ``window`` seconds that browser's
+    next guesses are refused unread until the window has passed.
+    """
+
+    def __init__(self, tries: int = 5, window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.tries, self.window, self.clock = tries, window, clock
+        self._lock = threading.Lock()
+        self._known: dict[str, bytes] = {}
+        self._wrong: dict[str, list[float]] = {}
+
+    @staticmethod
+    def _digest() -> bytes:
+        return hashlib.sha256(os.environ.get(TEACHER_ENV, "").encode()).digest()
+
+    def knows(self, visitor: str) -> bool:
+        """True when this browser entered the server's current key."""
+        with self._lock:
+            kept = self._known.get(visitor)
+        return teacher_key_set() and kept is not None and hmac.compare_digest(kept, self._digest())
+
+    def wait_s(self, visitor: str) -> float:
+        """Seconds before this browser may try a key again (0: now)."""
+        now = self.clock()
+        with self._lock:
+            recent = [t for t in self._wrong.get(visitor, []) if now - t < self.window]
+            self._wrong[visitor] = recent
+        return self.window - (now - recent[0]) if len(recent) >= self.tries else 0.0
+
+    def enter(self, visitor: str, text: str) -> bool:
+        """Try a key for this browser: True (and remembered) when it is the server's; a wrong
+        one counts, and one tried while the browser must wait is not read at all."""
+        if self.wait_s(visitor) > 0:
+            return False
+        if is_teacher_key(text):
+            with self._lock:
+                self._known[visitor] = self._digest()
+                self._wrong.pop(visitor, None)
+            return True
+        now = self.clock()
+        with self._lock:
+            if len(self._wrong) > 10_000:  # browsers that guessed long ago: forgotten
+                self._wrong = {v: ts for v, ts in self._wrong.items()
+                               if ts and now - ts[-1] < self.window}
+            self._wrong.setdefault(visitor, []).append(now)
+        return False
+
+    def forget(self, visitor: str) -> None:
+        """This browser leaves teacher mode (a shared machine, the lecture over)."""
+        with self._lock:
+            self._known.pop(visitor, None)
+
+
+TEACHERS = TeacherBrowsers()  # the server's one list

@@ -267,24 +267,32 @@ def visitor() -> str:
 
 
 def is_teacher() -> bool:
-    """True once this session typed the server's teacher key."""
-    return bool(st.session_state.get("teacher"))
+    """True once this browser typed the server's teacher key (in this tab or another, before a
+    reload or after: the server remembers the browser, see explorer.ownership.TeacherBrowsers)."""
+    from explorer.ownership import TEACHERS
+
+    return TEACHERS.knows(visitor())
 
 
 def teacher_box() -> None:
     """The teacher key field, in the sidebar, where the server has a key."""
-    from explorer.ownership import is_teacher_key, teacher_key_set
+    from explorer.ownership import TEACHERS, teacher_key_set
 
     if not teacher_key_set():
         return
     if is_teacher():
-        st.sidebar.caption("Teacher: no run limit; you can stop or delete any run.")
+        st.sidebar.caption("Teacher: no run limit; you can stop or delete any run. This "
+                           "browser stays the teacher's until you leave.")
+        st.sidebar.button("Leave teacher mode", on_click=TEACHERS.forget, args=(visitor(),))
         return
 
     def check() -> None:
         text = st.session_state.pop("teacher_key_input", "")
-        st.session_state["teacher"] = is_teacher_key(text)
-        if not st.session_state["teacher"] and text:
+        wait = TEACHERS.wait_s(visitor())
+        if wait > 0:
+            st.session_state["teacher_msg"] = (f"Too many wrong keys from this browser: try "
+                                               f"again in {wait:.0f} s.")
+        elif not TEACHERS.enter(visitor(), text) and text:
             st.session_state["teacher_msg"] = "That is not this server's teacher key."
 
     st.sidebar.text_input("Teacher key", type="password", key="teacher_key_input",

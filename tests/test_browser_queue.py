@@ -68,3 +68,40 @@ def test_two_students_see_the_estimate_the_queue_and_stop(app_url, browser, scre
     finally:
         first.context.close()
         second.context.close()
+
+
+def test_the_teacher_key_is_entered_once_per_browser(browser, tmp_path, screenshot):
+    """The key typed once stays through a reload and in a second tab of the same browser (the
+    server remembers the browser by its cookie); another browser is a student's; Leave ends it."""
+    from app_server import app_server
+
+    env = {"EXPLORER_RUNS_DB": str(tmp_path / "runs.sqlite"), "EXPLORER_TEACHER_KEY": "chalk"}
+    with app_server(env, tmp_path / "server.log") as (_, url):
+        laptop = browser.new_context(viewport={"width": 1366, "height": 768})
+        student = browser.new_context(viewport={"width": 1366, "height": 768})
+        try:
+            page = laptop.new_page()
+            page.goto(url + "/train")
+            key = page.get_by_label("Teacher key", exact=True)
+            key.wait_for(timeout=120_000)
+            key.fill("chalk")
+            key.press("Enter")
+            teacher = page.get_by_text("Teacher: no run limit")
+            teacher.wait_for(timeout=60_000)
+            page.reload()
+            teacher.wait_for(timeout=120_000)
+            screenshot(page, "teacher-after-reload")
+            other_tab = laptop.new_page()
+            other_tab.goto(url + "/train")
+            other_tab.get_by_text("Teacher: no run limit").wait_for(timeout=120_000)
+            them = student.new_page()
+            them.goto(url + "/train")
+            them.get_by_label("Teacher key", exact=True).wait_for(timeout=120_000)
+            assert not them.get_by_text("Teacher: no run limit").count()
+            page.get_by_role("button", name="Leave teacher mode").click()
+            page.get_by_label("Teacher key", exact=True).wait_for(timeout=60_000)
+            other_tab.reload()
+            other_tab.get_by_label("Teacher key", exact=True).wait_for(timeout=120_000)
+        finally:
+            laptop.close()
+            student.close()

@@ -425,3 +425,33 @@ def test_a_worker_reads_a_visitors_data_folder_inside_the_data_directory(tmp_pat
         assert str(tmp_path) not in str(caught.value)  # no server path in the sentence
         with pytest.raises(ConfigError):
             worker._dataset({"dataset": "fashion-mnist", "data_dir": "/etc"})
+
+
+def test_a_browser_enters_the_teacher_key_once_and_wrong_guesses_are_slowed(monkeypatch):
+    from explorer.ownership import TeacherBrowsers
+
+    monkeypatch.setenv("EXPLORER_TEACHER_KEY", "blackboard")
+    now = [1000.0]
+    teachers = TeacherBrowsers(tries=3, window=60, clock=lambda: now[0])
+    assert not teachers.knows("laptop")
+    assert teachers.enter("laptop", "blackboard") and teachers.knows("laptop")
+    assert not teachers.knows("a student")  # another browser is not the teacher's
+    # A new key on the server: the browser that entered the old one is no longer the teacher.
+    monkeypatch.setenv("EXPLORER_TEACHER_KEY", "whiteboard")
+    assert not teachers.knows("laptop")
+    assert teachers.enter("laptop", "whiteboard") and teachers.knows("laptop")
+    teachers.forget("laptop")
+    assert not teachers.knows("laptop")
+    # Three wrong keys in a minute: the fourth try waits, even with the right key, until the
+    # first wrong one is 60 s old (tried at 1000, 1010, 1020; at 1030 there are 30 s left).
+    for _ in range(3):
+        assert not teachers.enter("a student", "guess")
+        now[0] += 10
+    assert teachers.wait_s("a student") == 30
+    assert not teachers.enter("a student", "whiteboard") and not teachers.knows("a student")
+    assert teachers.wait_s("laptop") == 0  # other browsers are not held up
+    now[0] = 1061  # the first wrong key is over a minute old: two remain, one more try
+    assert teachers.wait_s("a student") == 0
+    assert teachers.enter("a student", "whiteboard") and teachers.knows("a student")
+    monkeypatch.delenv("EXPLORER_TEACHER_KEY")
+    assert not teachers.knows("a student")  # no key on the server: nobody is the teacher
