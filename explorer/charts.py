@@ -371,6 +371,23 @@ def _waiting(fig: go.Figure, what: str) -> go.Figure:
     return fig
 
 
+def _legend_below(fig: go.Figure, rows: int | None = None) -> go.Figure:
+    """The legend under the plot: ``rows`` entries one per row (long run names), else one row.
+
+    Beside the title it ran into the title of a chart a quarter of a laptop's screen wide
+    (Train's live panel at 1366 px: "Accuracy per epoch" under its "train" entry). It hangs
+    from the figure's bottom edge (yref "container"), not from a fraction of the plot's height:
+    bigger type (presentation mode) pushes the axis title down, and a legend placed at y=-0.18
+    of the plot ran into it.
+    """
+    lines = rows or 1
+    fig.update_layout(height=fig.layout.height + 22 * lines,
+                      legend={"orientation": "v" if rows else "h", "yref": "container",
+                              "y": 0, "yanchor": "bottom", "x": 0, "xanchor": "left"},
+                      margin={"l": 60, "r": 20, "t": 60, "b": 80 + 22 * lines})
+    return fig
+
+
 def _whole_steps(fig: go.Figure, values: pd.Series) -> None:
     """An x axis of steps or epochs: whole numbers only, the points off the plot's edges."""
     lo, hi = float(values.min()), float(values.max())
@@ -406,7 +423,7 @@ def loss_figure(step_rows: object, weight: float = 0.8) -> go.Figure:
                     name="smoothed", line={"color": COLORS["params"], "width": 3})
     _whole_steps(fig, df["step"])
     _zero_to_top(fig, df["loss"])
-    return _layout(fig, "Training loss", 340)
+    return _legend_below(_layout(fig, "Training loss", 340))
 
 
 def accuracy_figure(epoch_rows: object) -> go.Figure:
@@ -426,7 +443,7 @@ def accuracy_figure(epoch_rows: object) -> go.Figure:
     _whole_steps(fig, df["epoch"])
     # Up to 1.05: a marker at 100 % is drawn whole, inside the plot.
     fig.update_yaxes(range=[0, 1.05], tickformat=".0%")
-    return _layout(fig, "Accuracy per epoch", 340)
+    return _legend_below(_layout(fig, "Accuracy per epoch", 340))
 
 
 def lr_figure(step_rows: object) -> go.Figure:
@@ -465,14 +482,6 @@ def overlay_figure(runs: dict[str, pd.DataFrame], metric: str, x: str, title: st
     fig.update_yaxes(title_text=metric.replace("_", " "))
     if metric.endswith("_acc"):  # a single epoch would otherwise autoscale to −0.5…1.5
         fig.update_yaxes(range=[0, 1.02])
-    # Up to 8 long run names: the legend goes under the plot, one row per run, where it covers
-    # neither the curves nor Plotly's toolbar.
-    # It hangs from the figure's bottom edge (yref "container"), not from a fraction of the
-    # plot's height: bigger type (presentation mode) pushes the axis title down, and a legend
-    # placed at y=-0.18 of the plot ran into it.
-    rows = len(fig.data)
-    _layout(fig, title, 360 + 22 * rows)
-    fig.update_layout(legend={"orientation": "v", "yref": "container", "y": 0,
-                              "yanchor": "bottom", "x": 0, "xanchor": "left"},
-                      margin={"l": 60, "r": 20, "t": 60, "b": 80 + 22 * rows})
-    return fig
+    # Up to 8 long run names: one row per run, under the plot, where it covers neither the
+    # curves nor Plotly's toolbar.
+    return _legend_below(_layout(fig, title, 360), rows=len(fig.data))

@@ -23,6 +23,8 @@ from playwright.sync_api import expect
 PROJECTOR = {"viewport": {"width": 683, "height": 512}, "device_scale_factor": 1.5}
 # What a teacher's laptop gives a projector in presentation mode: 1280×720, at 100 % zoom.
 PRESENTING = {"viewport": {"width": 1280, "height": 720}}
+# A student's laptop: the Train page's live charts are a quarter of the width each.
+LAPTOP = {"viewport": {"width": 1366, "height": 768}}
 # page → (path, what shows that it has drawn, how many metrics, select boxes and multiselect
 # chips it shows on a fresh visit: at least these many are measured)
 PAGES = {
@@ -117,7 +119,7 @@ MEASURE = r"""async () => {
         return {text: t.textContent, over: Math.max(b.right - box.right, box.left - b.left)};
       });
     });
-  // Legends over a chart's titles: each legend entry's text against each title's text (the
+  // Legends over a chart's titles: each legend entry (its text and symbol) against each title's text (the
   // chart's, a subplot's, an axis's) in the same chart. Two lines of text run into each other
   // when their boxes (the font's ascent to descent) overlap by more than a third of the smaller
   // box's height, across by more than 2 px (the boxes hold the space a font leaves above and
@@ -129,7 +131,15 @@ MEASURE = r"""async () => {
       const across = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left);
       const down = (a, b) => Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
       return [...p.querySelectorAll('.legend .traces')].flatMap(l => {
-        const box = l.querySelector('.legendtext').getBoundingClientRect();
+        // The entry's text and its symbol (a line and a marker), which the entry's toggle (its
+        // clickable box) spans: either may cross a title.
+        const parts = [l.querySelector('.legendtext'), l.querySelector('.legendtoggle')]
+          .filter(Boolean).map(e => e.getBoundingClientRect()).filter(r => r.width > 0);
+        const box = {left: Math.min(...parts.map(r => r.left)),
+                     right: Math.max(...parts.map(r => r.right)),
+                     top: Math.min(...parts.map(r => r.top)),
+                     bottom: Math.max(...parts.map(r => r.bottom))};
+        box.height = box.bottom - box.top;
         return [...p.querySelectorAll('.gtitle, .xtitle, .ytitle, .annotation-text')]
           .map(t => ({legend: l.textContent, title: t.textContent, t: t.getBoundingClientRect()}))
           .filter(o => o.t.width > 0 && across(box, o.t) > 2
@@ -512,7 +522,8 @@ def test_inspect_run_box_on_a_projector(app_url, projector, screenshot):
 
 # The views that need runs are measured on the projector and in presentation mode (dark):
 # screen → (browser context, what each URL adds).
-SCREENS = {"projector": (PROJECTOR, ""), "present": (PRESENTING, "present=true")}
+SCREENS = {"projector": (PROJECTOR, ""), "present": (PRESENTING, "present=true"),
+           "laptop": (LAPTOP, "")}
 
 
 @pytest.fixture
