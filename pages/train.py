@@ -220,6 +220,12 @@ def status_line(job_id: int, snap) -> None:
         st.success(f"{whose} {job_id} is training on {snap.device}.")
     elif snap.status == "failed":
         st.error(f"{whose} {job_id} failed: {md_escape(snap.error or '')}")
+    elif snap.status == "stopped" and not snap.step:  # taken out of the queue
+        st.info(f"{whose} {job_id} was stopped before it trained a step: it has no curves.")
+    elif snap.status == "stopped":
+        total = f" of {snap.total_steps:,}" if snap.total_steps else ""
+        st.info(f"{whose} {job_id} was stopped at step {snap.step:,}{total}; what it measured "
+                f"is kept.")
     else:
         st.info(f"{whose} {job_id} {snap.status}.")
 

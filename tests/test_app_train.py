@@ -398,3 +398,17 @@ def test_a_runs_zip_with_weights_imports_through_the_page_and_keeps_the_weights(
     kept = load_weights(RunStore(), int(found.group(1)))
     for name, value in model.state_dict().items():
         assert torch.equal(kept.state_dict[name], value), name
+
+
+def test_a_run_taken_out_of_the_queue_says_it_trained_no_step():
+    from explorer.registry import get_preset
+    from explorer.runs import RunStore
+
+    store = RunStore()
+    run = store.create_run("course_lenet5 · offline-mnist",
+                           get_preset("course_lenet5").spec.to_dict(), {"epochs": 1},
+                           status="stopped")
+    at = train_page({"run": str(run)})
+    assert f"Run {run} was stopped before it trained a step: it has no curves." in \
+        [i.value for i in at.info], [i.value for i in at.info]
+    store.delete_run(run)

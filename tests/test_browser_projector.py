@@ -119,13 +119,13 @@ MEASURE = r"""async () => {
         return {text: t.textContent, over: Math.max(b.right - box.right, box.left - b.left)};
       });
     });
-  // Legends over a chart's titles: each legend entry (its text and symbol) against each title's text (the
-  // chart's, a subplot's, an axis's) in the same chart. Two lines of text run into each other
-  // when their boxes (the font's ascent to descent) overlap by more than a third of the smaller
-  // box's height, across by more than 2 px (the boxes hold the space a font leaves above and
-  // below its letters: lines 4.5 px into each other at 16 and 19 px still read apart). Plotly
-  // places a legend at a fraction of the plot's height, so a title pushed down by bigger type
-  // can run into a legend placed under the plot.
+  // Legends over a chart's titles: each legend entry (its text and symbol) against each
+  // title's text (the chart's, a subplot's, an axis's) in the same chart. Two lines of text
+  // run into each other when their boxes (the font's ascent to descent) overlap by more than
+  // a third of the smaller box's height, across by more than 2 px (the boxes hold the space a
+  // font leaves above and below its letters: lines 4.5 px into each other at 16 and 19 px
+  // still read apart). Plotly places a legend at a fraction of the plot's height, so a title
+  // pushed down by bigger type can run into a legend placed under the plot.
   const legends = [...document.querySelectorAll('[data-testid=stMain] .js-plotly-plot')]
     .filter(p => p.offsetParent !== null).flatMap(p => {
       const across = (a, b) => Math.min(a.right, b.right) - Math.max(a.left, b.left);
