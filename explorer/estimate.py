@@ -491,8 +491,8 @@ def check_budget(estimate: RunEstimate, budget_s: float | None = None) -> Config
 
 
 def head_option(dataset_classes: int) -> str:
-    """The label of the choice that trains a model with a head of the dataset's size."""
-    return f"train with a {dataset_classes}-way head"
+    """The label of the box that trains a model with a head of the dataset's size."""
+    return f"Train with a {dataset_classes}-way head"
 
 
 def check_classes(spec_classes: int, dataset_classes: int, model: str = "this model",
@@ -507,8 +507,8 @@ def check_classes(spec_classes: int, dataset_classes: int, model: str = "this mo
         return None
     return ConfigError(
         f"{model} has a {spec_classes}-way head but {dataset} "
-        f"{'has' if dataset_classes == 1 else 'have'} {dataset_classes} classes; choose "
-        f"'{head_option(dataset_classes)}' or a course preset.")
+        f"{'has' if dataset_classes == 1 else 'have'} {dataset_classes} classes; tick "
+        f"'{head_option(dataset_classes)}' or choose a course preset.")
 
 
 def with_classes(spec: SpecBase, num_classes: int) -> SpecBase:

@@ -21,6 +21,7 @@ from explorer.io import export_runs, import_runs_file, runs_export_name, weights
 from explorer.jobs import DataRef
 from explorer.models import validate
 from explorer.registry import PRESETS, get_preset
+from explorer.runs import FINAL
 from explorer.training import INITS, OPTIMIZERS, SCHEDULES, TrainConfig
 from pages.common import (
     SPEC_QUERY_KEYS,
@@ -183,7 +184,7 @@ def settings_panel() -> None:
                      help="xavier: the lectures' Xavier-uniform init")
     classes = DATASETS[state["tr_data"]].num_classes
     if spec.num_classes != classes:
-        st.checkbox(head_option(classes).capitalize(), key="tr_head", persist_state=KEEP,
+        st.checkbox(head_option(classes), key="tr_head", persist_state=KEEP,
                     help=f"{name} has {spec.num_classes} outputs; the data has {classes} "
                          f"classes. Ticked, the run trains the same network with a "
                          f"{classes}-way classifier.")
@@ -349,6 +350,7 @@ def history() -> None:
         "whose": "Whose", "status": "Status", "created_at": "Queued at", "error": "Message"})
     ids = [r["id"] for r in runs]
     labels = {r["id"]: f"#{r['id']} {r['name']} ({r['status']})" for r in runs}
+    status = {r["id"]: r["status"] for r in runs}
     # Kept across pages (persist_state); runs deleted since then leave the selection.
     state["tr_overlay"] = [i for i in state.get("tr_overlay", []) if i in labels]
     chosen = st.multiselect("Overlay runs", ids, format_func=labels.get,
@@ -368,7 +370,8 @@ def history() -> None:
         csv = pd.concat([f.assign(run=k) for k, f in frames.items()]).to_csv(index=False)
         c1, c2, c3 = st.columns(3)
         c1.download_button("Metrics (CSV)", csv, "metrics.csv", "text/csv")
-        for i in chosen[:2]:  # its weights through an image: feature maps, receptive fields
+        ended = [i for i in chosen if status[i] in FINAL]  # Inspect opens finished runs only
+        for i in ended[:2]:  # its weights through an image: feature maps, receptive fields
             c1.page_link(Path(__file__).resolve().parent / "inspect.py", label=f"Inspect run #{i}",
                          icon=":material/visibility:", query_params={"run": str(i)})
         with_weights = c2.checkbox("With their weights", key="tr_export_weights",
@@ -395,7 +398,6 @@ def history() -> None:
             state.pop("tr_confirm_delete")
             confirm = None
         if confirm:
-            status = {r["id"]: r["status"] for r in runs}
             training = [i for i in confirm if status.get(i) == "running"]
             what = "it and its metrics" if len(confirm) == 1 else "them and their metrics"
             note = (f" {run_list(training)} {'is' if len(training) == 1 else 'are'} training: "

@@ -261,6 +261,9 @@ def test_the_teacher_key_lets_the_teacher_delete_any_run(monkeypatch):
                                 {"epochs": 1}, status="running", session="another student")
     at.run()  # the history lists it
     at.multiselect(key="tr_overlay").select(theirs).select(training).run()
+    # Inspect opens finished runs: a link for the completed one, none for the one training.
+    links = [e.proto.label for e in at.get("page_link")]
+    assert f"Inspect run #{theirs}" in links and f"Inspect run #{training}" not in links, links
     button(at, "Delete 2 runs…").click().run()
     # The question says which run trains, and what Yes does to it.
     assert any(f"Delete runs #{theirs} and #{training} for good?" in w.value

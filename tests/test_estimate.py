@@ -539,8 +539,8 @@ def test_gpu_slots():
 
 def test_classes_mismatch_sentence_and_the_resized_head():
     assert str(check_classes(1000, 10, "vgg16", "the offline digits")) == (
-        "vgg16 has a 1000-way head but the offline digits have 10 classes; choose 'train with "
-        "a 10-way head' or a course preset.")
+        "vgg16 has a 1000-way head but the offline digits have 10 classes; tick 'Train with "
+        "a 10-way head' or choose a course preset.")
     assert check_classes(10, 10) is None
     spec = get_preset("vgg16").spec
     small = with_classes(spec, 10)
