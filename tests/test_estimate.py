@@ -284,8 +284,14 @@ def test_budget_refusal_names_fewer_epochs_and_a_smaller_input():
     assert isinstance(error, ConfigError)
     assert str(error) == ("this run would take about 14 min on this server (5 epochs of about "
                           "3 min), over the limit of 10 min per run; choose at most 3 epochs or "
-                          "a smaller input such as 1×48×48 (about 8 min).")
+                          "a smaller input such as 1×48×48, set on the Build page (about 8 min).")
     assert check_budget(est, budget_s=900) is None
+    # A fix aims at 90 % of the limit: with 500 s, at most 450 s. 1×48×48 (455.9 s) would pass
+    # the limit only just; 1×32×32 takes 92·32²·12,904 / 3e7 = 40.5 s per epoch, 203 s for 5;
+    # 450 // 162.0 = 2 epochs.
+    assert str(check_budget(est, budget_s=500)).endswith(
+        "choose at most 2 epochs or a smaller input such as 1×32×32, set on the Build page "
+        "(about 3 min).")
 
 
 def test_budget_refusal_names_a_smaller_model_of_the_family():
