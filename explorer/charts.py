@@ -362,8 +362,9 @@ def smooth(values: list[float] | pd.Series, weight: float = 0.8) -> list[float]:
 
 def _waiting(fig: go.Figure, what: str) -> go.Figure:
     """No points yet: say so instead of drawing axes whose numbers Plotly would guess."""
-    # Two short lines: one line ran past a half-width chart, over its axis title.
-    fig.add_annotation(text=f"No {what} yet:<br>the chart fills in as the run reports.",
+    # Three short lines: one line, and then two, ran past a chart a quarter of a laptop's screen
+    # wide (Train's live panel at 1366 px), over its axis title.
+    fig.add_annotation(text=f"No {what} yet:<br>the chart fills in<br>as the run reports.",
                        xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
                        font={"size": 15})
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)

@@ -449,6 +449,10 @@ with right:
         interval = job_fragment_interval(job_id)
         if interval:
             state["tr_live_was_running"] = job_id
+            # The panel redraws every second, and at each redraw Streamlit's own "Running…
+            # Stop" flashed in the top bar beside the run's Stop: a second Stop that stops
+            # only the redraw. Hidden while the panel is live; back once the run has ended.
+            st.html("<style>[data-testid='stStatusWidget'] {visibility: hidden;}</style>")
 
         @st.fragment(run_every=interval)
         def live() -> None:

@@ -56,6 +56,30 @@ def test_two_students_see_the_estimate_the_queue_and_stop(app_url, browser, scre
         second.get_by_role("button", name="Start training").click()
         second.get_by_text(f"already queued as run {b}").wait_for(timeout=30_000)
         screenshot(second, "train-queued-second-student")
+        # Its charts wait for a first report and say so, each within its chart at a quarter of
+        # the screen, clear of the axis titles.
+        second.wait_for_function("""() => [...document.querySelectorAll(
+          '[data-testid=stMain] .annotation-text')].filter(
+            a => /^No (loss|finished epoch) yet/.test(a.textContent)).length >= 2""",
+                                 timeout=60_000)
+        notes = second.evaluate("""() => [...document.querySelectorAll(
+            '[data-testid=stMain] .js-plotly-plot')]
+          .flatMap(p => [...p.querySelectorAll('.annotation-text')].map(a => {
+            const t = a.getBoundingClientRect(), c = p.getBoundingClientRect();
+            const y = p.querySelector('.ytitle').getBoundingClientRect();
+            return {text: a.textContent, inside: t.left >= c.left && t.right <= c.right,
+                    clear: t.left >= y.right || t.bottom <= y.top || t.top >= y.bottom};
+          }))""")
+        shown = [n for n in notes if n["text"].split(":")[0] in ("No loss yet",
+                                                                 "No finished epoch yet")]
+        assert len(shown) == 2 and all(n["inside"] and n["clear"] for n in shown), notes
+        # While the panel redraws every second, Streamlit's own running sign and its Stop (which
+        # stops only a redraw) stay hidden beside the run's Stop. The sign shows only while a
+        # redraw lasts, so the page's style is read on an element of the same test id.
+        hidden = """() => { const w = document.createElement('div');
+          w.dataset.testid = 'stStatusWidget'; document.body.append(w);
+          const v = getComputedStyle(w).visibility; w.remove(); return v; }"""
+        assert first.evaluate(hidden) == "hidden"
         # The first student sees progress with an estimate of the time left.
         first.get_by_text(re.compile(r"step [\d,]+ of [\d,]+, about .* left")).wait_for(
             timeout=120_000)
@@ -68,6 +92,7 @@ def test_two_students_see_the_estimate_the_queue_and_stop(app_url, browser, scre
         first.get_by_text(re.compile(rf"Your run {a} was stopped at step [\d,]+ of [\d,]+; what "
                                      r"it measured is kept")).wait_for(timeout=30_000)
         screenshot(first, "train-stopped-first-student")
+        assert first.evaluate(hidden) == "visible"  # the run has ended: the sign is back
     finally:
         first.context.close()
         second.context.close()
