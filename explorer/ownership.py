@@ -89,7 +89,8 @@ class TeacherBrowsers:
         now = self.clock()
         with self._lock:
             recent = [t for t in self._wrong.get(visitor, []) if now - t < self.window]
-            self._wrong[visitor] = recent
+            if visitor in self._wrong:
+                self._wrong[visitor] = recent
         return self.window - (now - recent[0]) if len(recent) >= self.tries else 0.0
 
     def enter(self, visitor: str, text: str) -> bool:
