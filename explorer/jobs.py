@@ -133,11 +133,9 @@ class JobManager:
         if same:
             raise ConfigError(f"this run is already {same[0]['status']} as run {same[0]['id']}; "
                               f"watch it below instead of starting it twice.")
-        if not teacher and self.max_active is not None and len(mine) >= self.max_active + allowance:
+        if not teacher and self._at_limit(mine, allowance):
             one = len(mine) == 1
-            raise ConfigError(f"you already have {'run' if one else 'runs'} "
-                              f"{run_list([r['id'] for r in mine])} queued or training; each "
-                              f"visitor may have {self.max_active} at a time, so stop "
+            raise ConfigError(f"you already have {self._limit_text(mine)}, so stop "
                               f"{'it' if one else 'one'} or wait for {'it' if one else 'one'} "
                               f"to finish.")
         return self.store.create_run(name, spec, config, "queued", session=session,
@@ -166,17 +164,24 @@ class JobManager:
         """1 for the next job to start, 2 for the one after...; None unless queued."""
         return self.store.queue_position(job_id)
 
+    def _at_limit(self, live: Sequence[Mapping[str, Any]], allowance: int = 0) -> bool:
+        """True when a visitor's ``live`` runs fill their share (a teacher is never asked)."""
+        return self.max_active is not None and len(live) >= self.max_active + allowance
+
+    def _limit_text(self, live: Sequence[Mapping[str, Any]]) -> str:
+        """'run #2 queued or training; each visitor may have 1 at a time'."""
+        return (f"{'run' if len(live) == 1 else 'runs'} {run_list([r['id'] for r in live])} "
+                f"queued or training; each visitor may have {self.max_active} at a time")
+
     def outlook(self, session: str | None, teacher: bool = False) -> str:
         """What a run started now would meet, before Start: "A worker is free: it would start
         at once." or "3 runs are training and 5 waiting: yours would be 4th in the queue.";
         for a visitor at their limit of live runs, that Start waits for those."""
         if not teacher and session is not None and self.max_active is not None:
-            mine = [r["id"] for r in self.store.live_runs(session)]
-            if len(mine) >= self.max_active:
-                one = len(mine) == 1
-                return (f"You have {'run' if one else 'runs'} {run_list(mine)} queued or "
-                        f"training; each visitor may have {self.max_active} at a time, so "
-                        f"start another once {'it has' if one else 'they have'} finished.")
+            mine = self.store.live_runs(session)
+            if self._at_limit(mine):
+                return (f"You have {self._limit_text(mine)}, so start another once "
+                        f"{'it has' if len(mine) == 1 else 'they have'} finished.")
         training, queued, place = self.store.outlook(session)
         if not queued and training < self.workers:
             return "A worker is free: it would start at once."

@@ -400,10 +400,9 @@ def history() -> None:
         if confirm:
             training = [i for i in confirm if status.get(i) == "running"]
             what = "it and its metrics" if len(confirm) == 1 else "them and their metrics"
-            note = (f" {run_list(training)} {'is' if len(training) == 1 else 'are'} training: "
-                    f"Yes stops {'it' if len(training) == 1 else 'them'}, and you delete "
-                    f"{'it' if len(training) == 1 else 'them'} once stopped."
-                    if training else "")
+            is_, it = ("is", "it") if len(training) == 1 else ("are", "them")
+            note = (f" {run_list(training)} {is_} training: Yes stops {it}, and you delete {it} "
+                    f"once stopped." if training else "")
             st.warning(f"Delete {'run' if len(confirm) == 1 else 'runs'} {run_list(confirm)} "
                        f"for good? This deletes {what} and cannot be undone.{note}")
             y, n = st.columns(2)
