@@ -92,7 +92,9 @@ def test_two_students_see_the_estimate_the_queue_and_stop(app_url, browser, scre
         first.get_by_text(re.compile(rf"Your run {a} was stopped at step [\d,]+ of [\d,]+; what "
                                      r"it measured is kept")).wait_for(timeout=30_000)
         screenshot(first, "train-stopped-first-student")
-        assert first.evaluate(hidden) == "visible"  # the run has ended: the sign is back
+        # The run has ended: the sign is back once the page has redrawn after the panel (the
+        # panel shows "stopped" first; a CI run read the page between the two).
+        first.wait_for_function(f"() => ({hidden})() === 'visible'", timeout=30_000)
     finally:
         first.context.close()
         second.context.close()
